@@ -1,0 +1,11 @@
+"""Test configuration: real services start once per session, on free loopback ports.
+
+Each service's fixtures live in one plugin module under tests/plugins/.
+"""
+
+pytest_plugins = [
+    "tests.plugins.prefect",
+    "tests.plugins.pebble",
+    "tests.plugins.nginx",
+    "tests.plugins.knot",
+]
