@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Iterator
 
 from certfleet import pki
+from certfleet.fsutil import atomic_write
 from certfleet.models import CertificateInfo
 
 
@@ -53,21 +54,6 @@ class StoredVersion:
     @property
     def serial(self) -> str:
         return self.info.serial
-
-
-def _atomic_write(path: Path, data: bytes, mode: int) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 class LocalStore:
@@ -139,10 +125,10 @@ class LocalStore:
         if not final.exists():
             tmp = Path(tempfile.mkdtemp(dir=vdir, prefix=f".{info.serial}."))
             try:
-                _atomic_write(tmp / "fullchain.pem", pki.to_pem(chain), 0o644)
-                _atomic_write(tmp / "key.pem", key_pem, 0o600)
+                atomic_write(tmp / "fullchain.pem", pki.to_pem(chain), 0o644)
+                atomic_write(tmp / "key.pem", key_pem, 0o600)
                 meta = {"info": info.to_dict(), "issuer": issuer, "stored_at": datetime.now(timezone.utc).isoformat()}
-                _atomic_write(tmp / "meta.json", json.dumps(meta, indent=2).encode(), 0o644)
+                atomic_write(tmp / "meta.json", json.dumps(meta, indent=2).encode(), 0o644)
                 os.chmod(tmp, 0o700)
                 os.rename(tmp, final)
             except BaseException:

@@ -1,0 +1,120 @@
+"""From inventory sections to block instances: one table of kinds, one error format.
+
+An issuer or target in the inventory is either inline configuration with a ``kind``
+(validated against that kind's block model) or ``block: <slug>/<name>``, a block saved
+on the Prefect server (``Block.load``). Secret references (``{env: NAME}`` or
+``{block: NAME}``) are resolved here, at the last moment, into SecretStr fields.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from prefect.blocks.core import Block
+from pydantic import ValidationError
+
+from certfleet.inventory import Inventory, InventoryError, format_errors
+
+
+def _issuer_kinds() -> dict[str, type[Block]]:
+    from blocks.issuers.acme import AcmeIssuer
+    from blocks.issuers.local_ca import LocalCAIssuer
+
+    return {"acme": AcmeIssuer, "local-ca": LocalCAIssuer}
+
+
+def _solver_kinds() -> dict[str, type[Block]]:
+    from blocks.solvers.challtestsrv import ChallTestSrvSolver
+    from blocks.solvers.rfc2136 import Rfc2136Solver
+
+    return {"challtestsrv": ChallTestSrvSolver, "rfc2136": Rfc2136Solver}
+
+
+def _target_kinds() -> dict[str, type[Block]]:
+    from blocks.targets.file import FileTarget
+
+    return {"file": FileTarget}
+
+
+# Fields whose relative paths are resolved against the inventory file's directory.
+_PATH_FIELDS = ("_path", "directory", "ca_bundle")
+
+
+def _resolve(value: Any, key: str, base: Path, where: str) -> Any:
+    if isinstance(value, dict) and set(value) <= {"env", "block"} and len(value) == 1:
+        return _secret(value, where)
+    if isinstance(value, str) and key.endswith(_PATH_FIELDS) and not key.endswith("_url"):
+        p = Path(value).expanduser()
+        return str(p if p.is_absolute() else base / p)
+    return value
+
+
+def _secret(ref: dict, where: str) -> str:
+    if "env" in ref:
+        value = os.environ.get(ref["env"])
+        if value is None:
+            raise InventoryError([f"{where}: environment variable {ref['env']} is not set"])
+        return value
+    from prefect.blocks.system import Secret
+
+    try:
+        return Secret.load(ref["block"]).get()
+    except Exception as exc:  # a missing block, or no server
+        raise InventoryError([f"{where}: cannot load Secret block '{ref['block']}' ({type(exc).__name__})"]) from None
+
+
+def _build(kinds: dict[str, type[Block]], section: str, name: str, cfg: dict, inv: Inventory) -> Block:
+    where = f"{inv.source}: {section}.{name}"
+    if "block" in cfg:
+        try:
+            return Block.load(cfg["block"])
+        except Exception as exc:
+            raise InventoryError([f"{where}.block: cannot load block '{cfg['block']}' ({exc})"]) from None
+    kind = cfg.get("kind")
+    if kind not in kinds:
+        raise InventoryError([f"{where}.kind: unknown {section[:-1]} kind '{kind}' (known: {', '.join(sorted(kinds))})"])
+    base = Path(inv.base_dir)
+    fields: dict[str, Any] = {}
+    for key, value in cfg.items():
+        if key == "kind":
+            continue
+        if key == "solver" and isinstance(value, dict):
+            fields[key] = _build(_solver_kinds(), "solvers", f"{name}.solver", value, inv)
+            continue
+        fields[key] = _resolve(value, key, base, f"{where}.{key}")
+    try:
+        return kinds[kind].model_validate(fields)
+    except ValidationError as exc:
+        raise InventoryError(format_errors(inv.source, exc, (section, name))) from None
+
+
+def issuer(inv: Inventory, name: str) -> Block:
+    """The issuer block ``name`` of the inventory."""
+    cfg = dict(inv.issuers[name])
+    if cfg.get("kind") == "acme" and "account_key_path" not in cfg:
+        # One ACME account per directory, kept beside the store: created once, reused.
+        cfg["account_key_path"] = str(inv.store_path() / "_accounts" / f"{name}.key")
+    return _build(_issuer_kinds(), "issuers", name, cfg, inv)
+
+
+def target(inv: Inventory, name: str) -> Block:
+    return _build(_target_kinds(), "targets", name, inv.targets[name], inv)
+
+
+def check_all(inv: Inventory) -> None:
+    """Build every issuer and target once: bad configuration fails before any work."""
+    problems: list[str] = []
+    for name in inv.issuers:
+        try:
+            issuer(inv, name)
+        except InventoryError as exc:
+            problems += exc.problems
+    for name in inv.targets:
+        try:
+            target(inv, name)
+        except InventoryError as exc:
+            problems += exc.problems
+    if problems:
+        raise InventoryError(problems)

@@ -1,0 +1,55 @@
+"""Put one stored certificate on one target: skip if already there, preflight, deploy.
+
+Idempotency comes from asking the target what it holds (``current()``), not from a
+memo of what we once wrote: a target changed out of band is redeployed, a target that
+already holds the serial is not touched (no write, no reload).
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timezone
+
+from certfleet import pki, policy
+from certfleet.contracts import Activatable, DeployBundle, Target
+from certfleet.models import Receipt
+from certfleet.store import LocalStore
+
+log = logging.getLogger(__name__)
+
+
+class PreflightError(RuntimeError):
+    def __init__(self, target: str, result):
+        self.reason = result.reason
+        super().__init__(f"target '{target}': preflight {result.reason}: {result.message}; nothing written")
+
+
+def deploy(certificate: str, serial: str, target_name: str, target: Target, store: LocalStore, *,
+           hostnames: tuple[str, ...], roots: list | None = None,
+           accepted_key_types: tuple[str, ...] | None = None) -> Receipt:
+    held = target.current()
+    if held == serial:
+        log.info("target '%s' already holds %s@%s; nothing to do", target_name, certificate, serial)
+        return Receipt(target_name, certificate, serial, changed=False, detail="already current")
+    fullchain = store.load_fullchain(certificate, serial)
+    key_pem = store.load_key(certificate, serial)
+    check = policy.safe_to_distribute(policy.DistributeInput(
+        certificate=certificate, fullchain_pem=fullchain, key_pem=key_pem, hostnames=hostnames,
+        roots=tuple(roots or ()), now=datetime.now(timezone.utc), accepted_key_types=accepted_key_types))
+    if not check.ok:
+        raise PreflightError(target_name, check)
+    log.info("target '%s': deploying %s@%s (was %s)", target_name, certificate, serial, held or "nothing")
+    receipt = target.deploy(DeployBundle(certificate, serial, fullchain, key_pem))
+    if isinstance(target, Activatable):
+        target.activate()
+    return Receipt(target_name, certificate, serial, changed=True,
+                   detail=f"replaced {held or 'nothing'}; {receipt.detail}", at=receipt.at)
+
+
+def load_roots(path) -> list:
+    """Trust roots from a PEM file (``None`` → no roots)."""
+    if path is None:
+        return []
+    from pathlib import Path
+
+    return pki.load_certs(Path(path).read_bytes())

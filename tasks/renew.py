@@ -1,0 +1,21 @@
+"""Renewal task: one issuer per certificate, under the store's lock."""
+
+from __future__ import annotations
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from prefect.tasks import exponential_backoff
+
+from blocks import registry
+from certfleet import renewal
+from tasks.common import load_inventory, not_permanent, store_for
+
+
+@task(name="renew", cache_policy=NO_CACHE, persist_result=False, retries=3,
+      retry_delay_seconds=exponential_backoff(backoff_factor=2), retry_jitter_factor=0.5,
+      retry_condition_fn=not_permanent)
+def renew_certificate(inventory_path: str, name: str, force: bool = False) -> renewal.RenewalOutcome:
+    inv = load_inventory(inventory_path)
+    spec = inv.certificate(name)
+    issuer = registry.issuer(inv, spec.issuer)
+    return renewal.renew(spec, store_for(inv), issuer, issuer_name=spec.issuer, force=force)
