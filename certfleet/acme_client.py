@@ -1,0 +1,517 @@
+"""A small, Prefect-free ACME (RFC 8555) client on top of the ``acme`` package.
+
+Why not ``acme.client.ClientV2`` alone: it retries ``badNonce`` only once (and every
+poll is a POST, so a CA that rejects some good nonces breaks long runs), it sleeps a
+full second before its first poll, and its errors do not say whether trying again can
+help. This module adds three things around it:
+
+* ``badNonce`` retried on every request, transient failures (5xx, connection errors,
+  ``rateLimited`` with Retry-After) retried per step with exponential backoff + jitter;
+* polling of authorizations and orders at short, growing intervals with a deadline;
+* one error type, :class:`AcmeError`, with ``transient`` set, and the CA's problem
+  detail in the message — never any key material.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import random
+import time
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from typing import Any, Callable, TypeVar
+
+import josepy as jose
+import requests
+from acme import challenges, errors, messages
+from acme.client import ClientNetwork, ClientV2
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from certfleet.contracts import DnsSolver, IssuanceRequest, Issued
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# Problem types worth trying again: the CA said "not now", not "no".
+_TRANSIENT_PROBLEMS = {"badNonce", "serverInternal", "rateLimited"}
+_PENDING = {"pending", "processing"}
+
+
+class AcmeError(Exception):
+    """An ACME operation failed. ``transient`` says whether retrying later can help.
+
+    ``problem_type`` is the RFC 8555 short code (``rateLimited``, ``unauthorized``...)
+    when the CA sent a problem document, ``detail`` the CA's own words, ``retry_after``
+    seconds the CA asked us to wait (or ``None``).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        transient: bool,
+        problem_type: str | None = None,
+        detail: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.transient = transient
+        self.problem_type = problem_type
+        self.detail = detail
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How hard one ACME step is retried before a transient error is raised.
+
+    ``attempts`` counts tries of a step (not only retries). Delays double from
+    ``base_delay`` up to ``max_delay`` with "equal jitter". A Retry-After longer than
+    ``max_retry_after`` is not slept inside the client: the error goes to the caller,
+    which can reschedule instead of holding a worker. ``nonce_attempts`` bounds the
+    per-request ``badNonce`` loop.
+    """
+
+    attempts: int = 5
+    base_delay: float = 0.25
+    max_delay: float = 8.0
+    max_retry_after: float = 60.0
+    nonce_attempts: int = 10
+
+    def delay(self, attempt: int) -> float:
+        """Backoff before try number ``attempt + 1`` (attempt counts from 0)."""
+        ceiling = min(self.max_delay, self.base_delay * (2**attempt))
+        return ceiling / 2 + random.uniform(0, ceiling / 2)
+
+
+@dataclass(frozen=True)
+class PollPolicy:
+    """Polling of authorizations and orders: start fast, back off, give up at a deadline."""
+
+    first: float = 0.05
+    factor: float = 1.6
+    max_interval: float = 1.0
+    timeout: float = 120.0
+
+
+def generate_account_key() -> bytes:
+    """A new ACME account key: EC P-256 (ES256, which josepy and every CA support), PEM."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+def _load_account_key(pem: bytes) -> tuple[jose.JWK, jose.JWASignature]:
+    """JWK and signing algorithm for an EC (P-256/384/521) or RSA account key."""
+    try:
+        key = serialization.load_pem_private_key(pem, password=None)
+    except (ValueError, TypeError):
+        raise AcmeError("account key is not an unencrypted PEM private key", transient=False) from None
+    if isinstance(key, rsa.RSAPrivateKey):
+        return jose.JWKRSA(key=key), jose.RS256
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        algs = {"secp256r1": jose.ES256, "secp384r1": jose.ES384, "secp521r1": jose.ES512}
+        if key.curve.name in algs:
+            return jose.JWKEC(key=key), algs[key.curve.name]
+    raise AcmeError("account key must be RSA or EC P-256/P-384/P-521", transient=False)
+
+
+class _Network(ClientNetwork):
+    """``ClientNetwork`` that retries badNonce on every POST and remembers the last reply.
+
+    The last status code and Retry-After are kept because ``acme``'s problem objects do
+    not carry the HTTP response, and both decide whether (and when) to retry.
+    """
+
+    def __init__(self, *args: Any, nonce_attempts: int = 10, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.nonce_attempts = nonce_attempts
+        self.last_status: int | None = None
+        self.last_retry_after: str | None = None
+        self.nonce_retries = 0  # how often the CA rejected a nonce (observability, tests)
+
+    def _send_request(self, method: str, url: str, *args: Any, **kwargs: Any) -> requests.Response:
+        self.last_status, self.last_retry_after = None, None
+        response = super()._send_request(method, url, *args, **kwargs)
+        self.last_status = response.status_code
+        self.last_retry_after = response.headers.get("Retry-After")
+        if not response.ok and self.REPLAY_NONCE_HEADER in response.headers:
+            self._add_nonce(response)  # error replies carry a fresh nonce: saves a HEAD
+        return response
+
+    def post(self, *args: Any, **kwargs: Any) -> requests.Response:
+        for attempt in range(self.nonce_attempts):
+            try:
+                return self._post_once(*args, **kwargs)
+            except messages.Error as error:
+                if error.code != "badNonce" or attempt == self.nonce_attempts - 1:
+                    raise
+                self.nonce_retries += 1
+                log.debug("badNonce from the CA, retrying with a fresh nonce (%d)", attempt + 1)
+        raise AssertionError("unreachable")
+
+
+class AcmeClient:
+    """One ACME account at one CA: register or look up the account, issue, revoke.
+
+    Nothing touches the network until the first call, so building a client is free and
+    cannot fail because the CA is down.
+    """
+
+    def __init__(
+        self,
+        directory_url: str,
+        account_key_pem: bytes,
+        *,
+        email: str | None = None,
+        verify: str | bool = True,
+        eab_kid: str | None = None,
+        eab_hmac_key: str | None = None,
+        user_agent: str = "certfleet",
+        retry: RetryPolicy | None = None,
+        poll: PollPolicy | None = None,
+        network_timeout: float = 30.0,
+    ) -> None:
+        self.directory_url = directory_url
+        self.email = email
+        self._eab = (eab_kid, eab_hmac_key) if eab_kid and eab_hmac_key else None
+        self.retry = retry or RetryPolicy()
+        self.poll = poll or PollPolicy()
+        self._key, alg = _load_account_key(account_key_pem)
+        self._net = _Network(
+            key=self._key,
+            alg=alg,
+            verify_ssl=verify,
+            user_agent=user_agent,
+            timeout=network_timeout,  # type: ignore[arg-type]
+            nonce_attempts=self.retry.nonce_attempts,
+        )
+        self._acme: ClientV2 | None = None
+        self._regr: messages.RegistrationResource | None = None
+
+    # ---- account -----------------------------------------------------------------
+
+    @property
+    def account_url(self) -> str | None:
+        """The account's URL once registered or looked up (the ``kid`` of every JWS)."""
+        return self._regr.uri if self._regr else None
+
+    def register_or_fetch(self) -> str:
+        """Return the account URL, creating the account only if the CA does not know the key.
+
+        Looks up first (``onlyReturnExisting``) so a renewal never re-registers, and
+        caches the result for the life of this client.
+        """
+        if self._regr is not None:
+            return self._regr.uri
+        client = self._client()
+        regr = self._lookup_account(client)
+        if regr is None:
+            regr = self._create_account(client)
+        self._net.account = regr
+        self._regr = regr
+        return regr.uri
+
+    def _lookup_account(self, client: ClientV2) -> messages.RegistrationResource | None:
+        """The existing account for this key, or ``None`` when the CA has none."""
+        query = messages.NewRegistration(only_return_existing=True)
+        try:
+            response = self._call("account lookup", lambda: self._post(client, client.directory["newAccount"], query))
+        except AcmeError as exc:
+            if exc.problem_type == "accountDoesNotExist":
+                return None
+            raise
+        uri = response.headers["Location"]
+        log.info("acme: using existing account %s", uri)
+        return messages.RegistrationResource(body=messages.Registration.from_json(response.json()), uri=uri)
+
+    def _create_account(self, client: ClientV2) -> messages.RegistrationResource:
+        """Register a new account, agreeing to the CA's terms, with EAB when configured."""
+        eab = None
+        if self._eab:
+            kid, hmac_key = self._eab
+            eab = messages.ExternalAccountBinding.from_data(self._key.public_key(), kid, hmac_key, client.directory)
+        body = messages.NewRegistration.from_data(
+            email=self.email, terms_of_service_agreed=True, external_account_binding=eab
+        )
+
+        def create() -> messages.RegistrationResource | None:
+            try:
+                return client.new_account(body)
+            except errors.ConflictError:  # raced with another registration of this key
+                return None
+
+        regr = self._call("account creation", create)
+        if regr is None:
+            return self._lookup_account(client)  # type: ignore[return-value]
+        log.info("acme: created account %s", regr.uri)
+        return regr
+
+    # ---- issuance ----------------------------------------------------------------
+
+    def issue(self, request: IssuanceRequest, solver: DnsSolver) -> Issued:
+        """Run one order to a certificate with dns-01; the solver's records are always removed.
+
+        Authorizations the CA already holds as valid (reuse) are skipped, so renewing
+        the same names may publish nothing at all.
+        """
+        self._check_request(request)
+        self.register_or_fetch()
+        client = self._client()
+        order = self._call("new order", lambda: client.new_order(request.csr_pem))
+        log.info("acme: order %s for %s (%s)", order.uri, request.name, ", ".join(request.domains))
+        presented: list[tuple[str, str]] = []
+        try:
+            pending = self._present_all(order, solver, presented)
+            self._validate(client, pending)
+        finally:
+            self._cleanup_all(solver, presented)
+        fullchain = self._finalize(client, order)
+        log.info("acme: issued %s (order %s)", request.name, order.uri)
+        return Issued(fullchain_pem=fullchain.encode(), issuer_name=self.directory_url, detail=f"order {order.uri}")
+
+    def _check_request(self, request: IssuanceRequest) -> None:
+        """The CSR's names must be the names asked for: no surprise SANs reach the CA."""
+        try:
+            csr = x509.load_pem_x509_csr(request.csr_pem)
+        except ValueError:
+            raise AcmeError(f"{request.name}: csr_pem is not a PEM certificate request", transient=False) from None
+        try:
+            san = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+            sans = set(san.get_values_for_type(x509.DNSName))
+        except x509.ExtensionNotFound:
+            sans = set()
+        if request.domains and sans != set(request.domains):
+            raise AcmeError(
+                f"{request.name}: CSR names {sorted(sans)} differ from requested {sorted(request.domains)}",
+                transient=False,
+            )
+
+    def _present_all(
+        self, order: messages.OrderResource, solver: DnsSolver, presented: list[tuple[str, str]]
+    ) -> list[tuple[messages.AuthorizationResource, messages.ChallengeBody, challenges.ChallengeResponse]]:
+        """Publish a TXT record per authorization that still needs one.
+
+        Each published record is appended to ``presented`` before moving on, so the
+        caller's ``finally`` cleans up exactly what was published, even mid-way.
+        """
+        pending = []
+        for authz in order.authorizations:
+            domain = authz.body.identifier.value
+            if authz.body.status == messages.STATUS_VALID:
+                log.info("acme: %s already authorized, skipping dns-01", domain)
+                continue
+            challb = self._dns01(authz)
+            response, value = challb.response_and_validation(self._key)
+            log.info("acme: presenting dns-01 for %s", domain)
+            presented.append((domain, value))
+            solver.present(domain, value)
+            pending.append((authz, challb, response))
+        return pending
+
+    def _dns01(self, authz: messages.AuthorizationResource) -> messages.ChallengeBody:
+        for challb in authz.body.challenges:
+            if isinstance(challb.chall, challenges.DNS01):
+                return challb
+        domain = authz.body.identifier.value
+        raise AcmeError(f"the CA offers no dns-01 challenge for {domain}", transient=False)
+
+    def _validate(self, client: ClientV2, pending: list) -> None:
+        """Answer every challenge, then poll each authorization until valid or invalid."""
+        for _, challb, response in pending:
+            self._call("answer challenge", lambda: client.answer_challenge(challb, response))
+        deadline = time.monotonic() + self.poll.timeout
+        for authz, _, _ in pending:
+            final = self._poll_until(
+                f"authorization {authz.body.identifier.value}",
+                lambda authz=authz: client.poll(authz)[0],
+                lambda a: a.body.status.name not in _PENDING,
+                deadline,
+            )
+            self._require_valid_authz(final)
+
+    def _require_valid_authz(self, authz: messages.AuthorizationResource) -> None:
+        """Raise the CA's own reason when validation failed (wrong TXT, NXDOMAIN, CAA...)."""
+        domain = authz.body.identifier.value
+        if authz.body.status == messages.STATUS_VALID:
+            log.info("acme: %s validated", domain)
+            return
+        problems = [c.error for c in authz.body.challenges if c.error is not None]
+        problem = problems[0] if problems else None
+        raise AcmeError(
+            f"validation of {domain} failed: {_describe(problem) if problem else authz.body.status.name}",
+            transient=False,
+            problem_type=problem.code if problem else None,
+            detail=problem.detail if problem else None,
+        )
+
+    def _finalize(self, client: ClientV2, order: messages.OrderResource) -> str:
+        """Wait for "ready", send the CSR, wait for "valid", download the full chain."""
+        deadline = time.monotonic() + self.poll.timeout
+        body = self._poll_order(client, order, deadline, until={"ready", "valid"})
+        if body.status.name == "ready":
+            self._begin_finalization(client, order)
+            body = self._poll_order(client, order, deadline, until={"valid"})
+        log.info("acme: downloading certificate for order %s", order.uri)
+        response = self._call("certificate download", lambda: self._post_as_get(client, body.certificate))
+        return response.text
+
+    def _begin_finalization(self, client: ClientV2, order: messages.OrderResource) -> None:
+        """Send the CSR. ``orderNotReady`` after a retried finalize means the first one landed."""
+        log.info("acme: finalizing order %s", order.uri)
+        try:
+            self._call("finalize", lambda: client.begin_finalization(order))
+        except AcmeError as exc:
+            if exc.problem_type != "orderNotReady":
+                raise
+
+    def _poll_order(self, client: ClientV2, order: messages.OrderResource, deadline: float, until: set[str]):
+        """Poll the order until its status is in ``until``; "invalid" raises the CA's reason."""
+
+        def fetch() -> messages.Order:
+            return messages.Order.from_json(self._post_as_get(client, order.uri).json())
+
+        def done(body: messages.Order) -> bool:
+            return body.status.name in until or body.status == messages.STATUS_INVALID
+
+        body = self._poll_until(f"order {order.uri}", fetch, done, deadline)
+        if body.status == messages.STATUS_INVALID:
+            problem = body.error
+            raise AcmeError(
+                f"order {order.uri} is invalid: {_describe(problem) if problem else 'no reason given'}",
+                transient=False,
+                problem_type=problem.code if problem else None,
+                detail=problem.detail if problem else None,
+            )
+        return body
+
+    def _poll_until(self, what: str, fetch: Callable[[], T], done: Callable[[T], bool], deadline: float) -> T:
+        """Fetch until ``done``: first after ``poll.first`` s, growing to ``poll.max_interval``."""
+        interval = self.poll.first
+        while True:
+            time.sleep(interval)
+            current = self._call(f"poll {what}", fetch)
+            if done(current):
+                return current
+            if time.monotonic() + interval > deadline:
+                raise AcmeError(f"{what} still pending after {self.poll.timeout:.0f}s", transient=True)
+            interval = min(self.poll.max_interval, interval * self.poll.factor)
+
+    def _post_as_get(self, client: ClientV2, url: str) -> requests.Response:
+        return self._post(client, url, None)
+
+    def _post(self, client: ClientV2, url: str, obj: Any) -> requests.Response:
+        """A signed POST through the badNonce-retrying network (``None`` = POST-as-GET)."""
+        return self._net.post(url, obj, new_nonce_url=client.directory["newNonce"])
+
+    def _cleanup_all(self, solver: DnsSolver, presented: list[tuple[str, str]]) -> None:
+        """Remove every published record; a failing cleanup is logged, never masks the result."""
+        for domain, value in presented:
+            try:
+                solver.cleanup(domain, value)
+                log.info("acme: cleaned up dns-01 record for %s", domain)
+            except Exception as exc:  # noqa: BLE001 - cleanup must not hide the real outcome
+                log.warning("acme: cleanup of dns-01 record for %s failed: %s", domain, exc)
+
+    # ---- revocation ----------------------------------------------------------------
+
+    def revoke(self, cert_pem: bytes, reason: int = 0) -> None:
+        """Revoke with this account. Already revoked counts as done (idempotent)."""
+        try:
+            cert = x509.load_pem_x509_certificate(cert_pem)
+        except ValueError:
+            raise AcmeError("cert_pem is not a PEM certificate", transient=False) from None
+        self.register_or_fetch()
+        client = self._client()
+        serial = format(cert.serial_number, "x")
+        log.info("acme: revoking serial %s (reason %d)", serial, reason)
+        try:
+            self._call("revoke", lambda: client.revoke(cert, reason))
+        except AcmeError as exc:
+            if exc.problem_type != "alreadyRevoked":
+                raise
+            log.info("acme: serial %s was already revoked", serial)
+
+    # ---- plumbing ------------------------------------------------------------------
+
+    def directory(self) -> messages.Directory:
+        """The CA's directory (endpoints, terms of service, EAB/ARI support), fetched once."""
+        return self._client().directory
+
+    def _client(self) -> ClientV2:
+        """The ``ClientV2`` for this CA, fetching the directory on first use."""
+        if self._acme is None:
+            log.info("acme: fetching directory %s", self.directory_url)
+            directory = self._call("directory", lambda: ClientV2.get_directory(self.directory_url, self._net))
+            self._acme = ClientV2(directory, self._net)
+        return self._acme
+
+    def _call(self, step: str, fn: Callable[[], T]) -> T:
+        """Run one protocol step, retrying transient failures with backoff + jitter."""
+        for attempt in range(self.retry.attempts):
+            try:
+                return fn()
+            except (errors.Error, requests.RequestException, jose.DeserializationError) as exc:
+                err = self._classify(step, exc)
+            wait = self._wait_before_retry(err, attempt)
+            if wait is None:
+                raise err
+            log.info("acme: %s failed (%s), retry %d in %.2fs", step, err, attempt + 1, wait)
+            time.sleep(wait)
+        raise AssertionError("unreachable")
+
+    def _wait_before_retry(self, err: AcmeError, attempt: int) -> float | None:
+        """Seconds to wait before the next try, or ``None`` when ``err`` should be raised."""
+        if not err.transient or attempt == self.retry.attempts - 1:
+            return None
+        if err.retry_after is not None and err.retry_after > self.retry.max_retry_after:
+            return None
+        return max(self.retry.delay(attempt), err.retry_after or 0.0)
+
+    def _classify(self, step: str, exc: BaseException) -> AcmeError:
+        """Map whatever ``acme``/``requests`` raised to an :class:`AcmeError`."""
+        status, retry_after = self._net.last_status, _seconds(self._net.last_retry_after)
+        where = f"{step} at {self.directory_url}"
+        if isinstance(exc, messages.Error):
+            code = exc.code or exc.typ
+            transient = code in _TRANSIENT_PROBLEMS or (status is not None and status >= 500)
+            return AcmeError(
+                f"{where}: {_describe(exc)}",
+                transient=transient,
+                problem_type=code,
+                detail=exc.detail,
+                retry_after=retry_after if code == "rateLimited" or status in (429, 503) else None,
+            )
+        if isinstance(exc, requests.RequestException):
+            return AcmeError(f"{where}: cannot reach the CA ({type(exc).__name__})", transient=True)
+        if isinstance(exc, (errors.MissingNonce, errors.BadNonce)):
+            return AcmeError(f"{where}: CA sent no usable nonce", transient=True, problem_type="badNonce")
+        if isinstance(exc, errors.ClientError) and status is not None and (status >= 500 or status == 429):
+            return AcmeError(f"{where}: HTTP {status} from the CA", transient=True, retry_after=retry_after)
+        return AcmeError(f"{where}: {type(exc).__name__}: {exc}", transient=False)
+
+
+def _describe(problem: messages.Error) -> str:
+    """``rateLimited: too many orders`` — the code and the CA's own detail."""
+    code = problem.code or problem.typ or "error"
+    return f"{code}: {problem.detail}" if problem.detail else str(code)
+
+
+def _seconds(retry_after: str | None) -> float | None:
+    """Retry-After as seconds (integer form, or an HTTP date), ``None`` if absent/garbled."""
+    if not retry_after:
+        return None
+    try:
+        return max(0.0, float(int(retry_after)))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(retry_after)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, (when - dt.datetime.now(dt.timezone.utc)).total_seconds())
