@@ -242,18 +242,14 @@ def _subject_for(hostname: str) -> x509.GeneralName:
 
 
 def _issuer_missing(leaf, intermediates, roots) -> bool:
-    """True when the path breaks for lack of a certificate, not for a bad one."""
-    known = {c.subject for c in intermediates} | {r.subject for r in roots}
-    current = leaf
-    seen = 0
-    while seen < 10:
-        if current.issuer in {r.subject for r in roots}:
-            return False
-        if current.issuer not in known:
-            return True
-        current = next(c for c in intermediates if c.subject == current.issuer)
-        seen += 1
-    return False
+    """True when the server sent only the leaf and its issuer is not a trusted root.
+
+    That is the classic missing-intermediate outage. When intermediates are sent but
+    lead to a root we do not trust, the chain is untrusted, not incomplete.
+    """
+    if intermediates:
+        return False
+    return leaf.issuer not in {r.subject for r in roots}
 
 
 def to_pem(certs: list[x509.Certificate]) -> bytes:

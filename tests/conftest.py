@@ -3,6 +3,10 @@
 Each service's fixtures live in one plugin module under tests/plugins/.
 """
 
+from certfleet import prefect_defaults
+
+prefect_defaults.apply()
+
 pytest_plugins = [
     "tests.plugins.prefect",
     "tests.plugins.pebble",

@@ -16,13 +16,14 @@ from prefect.blocks.core import Block
 from pydantic import Field, PrivateAttr, SecretStr
 
 from blocks.solvers.challtestsrv import ChallTestSrvSolver
+from blocks.solvers.rfc2136 import Rfc2136Solver
 from certfleet.acme_client import AcmeClient, AcmeError, generate_account_key
 from certfleet.contracts import IssuanceRequest, Issued
 
 log = logging.getLogger(__name__)
 
 # Every dns-01 solver block the issuer accepts; add new solver blocks to this Union.
-SolverBlock = Union[ChallTestSrvSolver]
+SolverBlock = Union[ChallTestSrvSolver, Rfc2136Solver]
 
 
 class AcmeIssuer(Block):
