@@ -11,7 +11,7 @@ import logging
 from datetime import datetime, timezone
 
 from certfleet import pki, policy
-from certfleet.contracts import Activatable, DeployBundle, Target
+from certfleet.contracts import Activatable, DeployBundle, RollbackCapable, Target
 from certfleet.models import Receipt
 from certfleet.store import LocalStore
 
@@ -53,3 +53,45 @@ def load_roots(path) -> list:
     from pathlib import Path
 
     return pki.load_certs(Path(path).read_bytes())
+
+
+class RolloutError(RuntimeError):
+    """A target's rollout failed; ``rolled_back`` says whether the previous one is back."""
+
+    def __init__(self, message: str, rolled_back: bool = False):
+        self.rolled_back = rolled_back
+        super().__init__(message)
+
+
+def rollback(target_name: str, target: Target) -> str | None:
+    if not isinstance(target, RollbackCapable):
+        raise RolloutError(f"target '{target_name}': this kind of target cannot roll back")
+    return target.rollback()
+
+
+def rollout(certificate: str, serial: str, target_name: str, target: Target, store: LocalStore, *,
+            hostnames: tuple[str, ...], roots: list, endpoints: list, verify_deadline: float,
+            accepted_key_types: tuple[str, ...] | None = None) -> Receipt:
+    """One target's transaction: deploy → verify the endpoints it feeds → roll back on failure.
+
+    An unchanged target is verified too (it may hold the serial and still not serve it,
+    e.g. a reload that never happened), but never rolled back: we wrote nothing.
+    """
+    from certfleet.verification import verify
+
+    receipt = deploy(certificate, serial, target_name, target, store, hostnames=hostnames,
+                     roots=roots, accepted_key_types=accepted_key_types)
+    if not endpoints:
+        return receipt
+    failed = [v for v in verify(endpoints, serial, roots=roots, deadline=verify_deadline) if not v.ok]
+    if not failed:
+        return receipt
+    why = "; ".join(v.check.message for v in failed)
+    if not receipt.changed:
+        raise RolloutError(f"target '{target_name}' holds {certificate}@{serial} but its endpoints do not serve it: {why}")
+    try:
+        restored = rollback(target_name, target)
+    except Exception as exc:  # noqa: BLE001 - reported with the verification failure
+        raise RolloutError(f"target '{target_name}': verification failed ({why}); rollback failed: {exc}") from None
+    log.warning("target '%s': verification failed, rolled back to %s", target_name, restored)
+    raise RolloutError(f"target '{target_name}': verification failed ({why}); rolled back to {restored}", rolled_back=True)

@@ -78,6 +78,7 @@ class EndpointSpec(BaseModel):
     host: str = Field(description="Address to connect to: a name, an IPv4 or an IPv6 address")
     port: int = Field(443, ge=1, le=65535, description="TCP port")
     sni: str | None = Field(None, description="Server name to send; default: the certificate's first domain")
+    target: str | None = Field(None, description="The target that feeds this endpoint (verifies that target's deploy; enables its rollback)")
 
     @classmethod
     def parse(cls, value: Any) -> Any:
@@ -105,6 +106,7 @@ class CertificateSpec(BaseModel):
     issuer: str = Field(description="Name of an issuer in the 'issuers' section")
     targets: list[str] = Field(default_factory=list, description="Names of targets in the 'targets' section")
     endpoints: list[EndpointSpec] = Field(default_factory=list, description="TLS endpoints that must serve this certificate")
+    canary_targets: list[str] = Field(default_factory=list, description="Targets deployed and verified first; the rest only if they pass")
     reuse_key: bool = Field(False, description="Keep the private key across renewals (default: a new key each time)")
     trust_bundle: str | None = Field(None, description="PEM roots to verify endpoints against (default: the inventory's)")
 
@@ -128,8 +130,10 @@ class CertificateSpec(BaseModel):
             return [EndpointSpec.parse(item) for item in v]
         return v
 
-    def endpoint_list(self) -> list[Endpoint]:
-        return [Endpoint(e.host, e.port, e.sni or self.domains[0]) for e in self.endpoints]
+    def endpoint_list(self, target: str | None = None) -> list[Endpoint]:
+        """Endpoints of this certificate; with ``target``, only those that target feeds."""
+        return [Endpoint(e.host, e.port, e.sni or self.domains[0]) for e in self.endpoints
+                if target is None or e.target == target]
 
 
 class StoreSpec(BaseModel):
@@ -188,7 +192,12 @@ def _semantic_problems(inv: Inventory) -> list[str]:
         for j, t in enumerate(cert.targets):
             if t not in inv.targets:
                 out.append(f"{where}.targets[{j}]: unknown target '{t}' (known: {', '.join(sorted(inv.targets)) or 'none'})")
+        for j, t in enumerate(cert.canary_targets):
+            if t not in cert.targets:
+                out.append(f"{where}.canary_targets[{j}]: '{t}' is not one of this certificate's targets")
         for j, e in enumerate(cert.endpoints):
+            if e.target is not None and e.target not in cert.targets:
+                out.append(f"{where}.endpoints[{j}].target: '{e.target}' is not one of this certificate's targets")
             sni = e.sni or cert.domains[0]
             if pki.is_valid_dns_name(cert.domains[0]) and not pki.san_covers(tuple(d.lower() for d in cert.domains), sni):
                 out.append(f"{where}.endpoints[{j}].sni: '{sni}' is not covered by the certificate's domains")

@@ -1,4 +1,4 @@
-"""Distribution task: one certificate serial onto one target. Thin: the work is core."""
+"""Distribution tasks: one certificate serial onto one target. Thin: the work is core."""
 
 from __future__ import annotations
 
@@ -17,11 +17,17 @@ def hostnames_for(inv, name: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(e.sni for e in spec.endpoint_list()))
 
 
-@task(name="deploy", cache_policy=NO_CACHE, persist_result=False, retries=2,
+@task(name="rollout", cache_policy=NO_CACHE, persist_result=False, retries=2,
       retry_delay_seconds=exponential_backoff(backoff_factor=1), retry_jitter_factor=0.5,
       retry_condition_fn=not_permanent,
-      task_run_name="deploy {name}@{serial} → {target}")
-def deploy_to_target(inventory_path: str, name: str, serial: str, target: str) -> Receipt:
+      task_run_name="rollout {name}@{serial} → {target}")
+def rollout_to_target(inventory_path: str, name: str, serial: str, target: str,
+                      verify_deadline: float = 60.0) -> Receipt:
+    """Deploy, verify the endpoints this target feeds, roll back if they do not verify."""
     inv = load_inventory(inventory_path)
-    return distribution.deploy(name, serial, target, registry.target(inv, target), store_for(inv),
-                               hostnames=hostnames_for(inv, name), roots=roots_for(inv, name))
+    block = registry.target(inv, target)
+    return distribution.rollout(
+        name, serial, target, block, store_for(inv),
+        hostnames=hostnames_for(inv, name), roots=roots_for(inv, name),
+        endpoints=inv.certificate(name).endpoint_list(target), verify_deadline=verify_deadline,
+        accepted_key_types=getattr(block, "accepted_key_types", None))

@@ -78,15 +78,20 @@ class FileTarget(Block):
                        at=datetime.now(timezone.utc))
 
     def rollback(self) -> str | None:
-        """Put back the files the last deploy replaced; returns the serial now held."""
-        restored = False
-        for path, mode in self._paths():
-            backup = path.with_name(path.name + BACKUP_SUFFIX)
-            if backup.exists():
-                atomic_write(path, backup.read_bytes(), mode)
-                restored = True
-        if not restored:
+        """Put back the files the last deploy replaced; returns the serial now held.
+
+        Refuses when the previous certificate has expired: an expired certificate is
+        no better than a wrong one, and the new one stays for someone to look at.
+        """
+        pairs = [(path, mode, path.with_name(path.name + BACKUP_SUFFIX)) for path, mode in self._paths()]
+        if not all(backup.exists() for _, _, backup in pairs):
             raise TargetError(f"{self._label()}: no previous certificate to roll back to")
+        previous = pki.order_chain(pki.load_certs(pairs[0][2].read_bytes()))[0]
+        info = pki.describe(previous)
+        if info.not_after <= datetime.now(timezone.utc):
+            raise TargetError(f"{self._label()}: previous certificate {info.serial} expired at {info.not_after:%Y-%m-%d %H:%M}Z; not rolled back")
+        for path, mode, backup in pairs:
+            atomic_write(path, backup.read_bytes(), mode)
         self._run(self.reload_command, "reload")
         return self.current()
 

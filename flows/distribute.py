@@ -1,0 +1,80 @@
+"""Distribute: the current serial of each certificate onto every one of its targets.
+
+One mapped task per target; canary targets first (verified), the rest only if they
+pass. One failing target never stops the others; the run names each that failed, and
+a re-run redoes only those (targets already holding the serial are skipped).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from prefect import flow, get_run_logger
+from prefect.states import Completed, Failed
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from flows._futures import settle
+from tasks.common import load_inventory, store_for
+from tasks.distribute import rollout_to_target
+from tasks.report import publish_table, validate_inventory
+
+
+@dataclass
+class DistributeReport:
+    deployed: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    failures: dict[str, str] = field(default_factory=dict)  # "cert → target" -> why
+    skipped: list[str] = field(default_factory=list)        # held back by a failed canary
+
+
+@flow(name="distribute", task_runner=ThreadPoolTaskRunner(max_workers=32))
+def distribute(inventory: str = "inventory.yaml", certificates: list[str] | None = None,
+               targets: list[str] | None = None, verify_deadline: float = 60.0):
+    """Put each certificate's current serial on its targets (or only the named ones).
+
+    Args:
+        inventory: path of the inventory YAML file.
+        certificates: only these certificate names (default: all).
+        targets: only these target names (default: every target of each certificate).
+        verify_deadline: seconds to wait for a target's endpoints to serve the new serial.
+    """
+    log = get_run_logger()
+    names = validate_inventory(inventory, certificates)
+    inv = load_inventory(inventory)
+    store = store_for(inv)
+    report = DistributeReport()
+    waves: list[list[tuple[str, str, str]]] = [[], []]
+    for n in names:
+        cur = store.current(n)
+        if cur is None:
+            report.failures[f"{n} → *"] = f"certificate '{n}' has no issued version in the store; run renew first"
+            continue
+        spec = inv.certificate(n)
+        for t in spec.targets:
+            if targets and t not in targets:
+                continue
+            waves[0 if t in spec.canary_targets else 1].append((n, cur.serial, t))
+
+    for wave_no, wave in enumerate(waves):
+        futures = {(n, s, t): rollout_to_target.submit(inventory, n, s, t, verify_deadline) for n, s, t in wave}
+        done, failed = settle(futures)
+        for (n, s, t), receipt in done.items():
+            (report.deployed if receipt.changed else report.unchanged).append(f"{n}@{s} → {t}")
+        for (n, s, t), why in failed.items():
+            report.failures[f"{n} → {t}"] = why
+        if wave_no == 0 and failed:
+            held = {n for (n, _, _) in failed}
+            log.error("canary failed for %s: holding back their other targets", ", ".join(sorted(held)))
+            report.skipped = [f"{n} → {t}" for n, s, t in waves[1] if n in held]
+            waves[1] = [w for w in waves[1] if w[0] not in held]
+
+    rows = [{"target": k, "result": "deployed"} for k in report.deployed]
+    rows += [{"target": k, "result": "already current"} for k in report.unchanged]
+    rows += [{"target": k, "result": f"FAILED: {v}"} for k, v in report.failures.items()]
+    rows += [{"target": k, "result": "held back (canary failed)"} for k in report.skipped]
+    publish_table("distribution-report", rows, "Rollout per target")
+    summary = f"deployed {len(report.deployed)}, already current {len(report.unchanged)}"
+    if report.failures or report.skipped:
+        detail = "; ".join(f"{k}: {v}" for k, v in report.failures.items())
+        return Failed(message=f"{summary}; {len(report.failures)} failed: {detail}" + (f"; held back {len(report.skipped)}" if report.skipped else ""), data=report)
+    return Completed(message=summary, data=report)

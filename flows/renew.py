@@ -1,0 +1,43 @@
+"""Renew: one issuer per certificate, only what is due (or forced)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from prefect import flow, get_run_logger
+from prefect.states import Completed, Failed
+
+from flows._futures import settle
+from tasks.renew import renew_certificate
+from tasks.report import validate_inventory
+
+
+@dataclass
+class RenewReport:
+    serials: dict[str, str] = field(default_factory=dict)   # certificate -> current serial
+    issued: dict[str, str] = field(default_factory=dict)    # certificate -> new serial
+    failures: dict[str, str] = field(default_factory=dict)  # certificate -> why
+
+
+@flow(name="renew")
+def renew(inventory: str = "inventory.yaml", certificates: list[str] | None = None, force: bool = False):
+    """Issue new versions of the certificates that need one (all of them with ``force``).
+
+    Args:
+        inventory: path of the inventory YAML file.
+        certificates: only these certificate names (default: all).
+        force: issue even when the current version is not due.
+    """
+    log = get_run_logger()
+    names = validate_inventory(inventory, certificates)
+    done, failed = settle({n: renew_certificate.submit(inventory, n, force) for n in names})
+    report = RenewReport(failures=failed)
+    for n, outcome in done.items():
+        report.serials[n] = outcome.serial
+        if outcome.issued:
+            report.issued[n] = outcome.serial
+            log.info("certificate '%s': issued %s (%s)", n, outcome.serial, outcome.message)
+    summary = f"issued {len(report.issued)} of {len(names)} certificates"
+    if failed:
+        return Failed(message=f"{summary}; failed: " + "; ".join(f"{n}: {e}" for n, e in failed.items()), data=report)
+    return Completed(message=summary, data=report)
