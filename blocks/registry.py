@@ -34,17 +34,31 @@ def _solver_kinds() -> dict[str, type[Block]]:
 
 def _target_kinds() -> dict[str, type[Block]]:
     from blocks.targets.file import FileTarget
+    from blocks.targets.kubernetes import KubernetesSecretTarget
+    from blocks.targets.ssh import SshTarget
+    from blocks.targets.webhook import WebhookTarget
 
-    return {"file": FileTarget}
+    return {"file": FileTarget, "kubernetes": KubernetesSecretTarget, "ssh": SshTarget, "webhook": WebhookTarget}
+
+
+def _discovery_kinds() -> dict[str, type[Block]]:
+    from blocks.discovery.files import FilesDiscovery
+    from blocks.discovery.tls import TlsDiscovery
+
+    return {"files": FilesDiscovery, "tls": TlsDiscovery}
 
 
 # Fields whose relative paths are resolved against the inventory file's directory.
-_PATH_FIELDS = ("_path", "directory", "ca_bundle")
+_PATH_FIELDS = ("_path", "directory", "ca_bundle", "paths")
+# ...except paths that live on another machine.
+_REMOTE_PATHS = {"ssh": {"fullchain_path", "key_path"}}
 
 
 def _resolve(value: Any, key: str, base: Path, where: str) -> Any:
     if isinstance(value, dict) and set(value) <= {"env", "block"} and len(value) == 1:
         return _secret(value, where)
+    if isinstance(value, list) and key.endswith(_PATH_FIELDS):
+        return [_resolve(v, key, base, where) for v in value]
     if isinstance(value, str) and key.endswith(_PATH_FIELDS) and not key.endswith("_url"):
         p = Path(value).expanduser()
         return str(p if p.is_absolute() else base / p)
@@ -83,6 +97,9 @@ def _build(kinds: dict[str, type[Block]], section: str, name: str, cfg: dict, in
         if key == "solver" and isinstance(value, dict):
             fields[key] = _build(_solver_kinds(), "solvers", f"{name}.solver", value, inv)
             continue
+        if key in _REMOTE_PATHS.get(kind, ()):
+            fields[key] = value
+            continue
         fields[key] = _resolve(value, key, base, f"{where}.{key}")
     try:
         return kinds[kind].model_validate(fields)
@@ -103,6 +120,10 @@ def target(inv: Inventory, name: str) -> Block:
     return _build(_target_kinds(), "targets", name, inv.targets[name], inv)
 
 
+def discovery_source(inv: Inventory, index: int) -> Block:
+    return _build(_discovery_kinds(), "discovery", str(index), inv.discovery[index], inv)
+
+
 def check_all(inv: Inventory) -> None:
     """Build every issuer and target once: bad configuration fails before any work."""
     problems: list[str] = []
@@ -114,6 +135,11 @@ def check_all(inv: Inventory) -> None:
     for name in inv.targets:
         try:
             target(inv, name)
+        except InventoryError as exc:
+            problems += exc.problems
+    for i in range(len(inv.discovery)):
+        try:
+            discovery_source(inv, i)
         except InventoryError as exc:
             problems += exc.problems
     if problems:
