@@ -33,12 +33,16 @@ def _solver_kinds() -> dict[str, type[Block]]:
 
 
 def _target_kinds() -> dict[str, type[Block]]:
+    from blocks.targets.acm import AcmTarget
     from blocks.targets.file import FileTarget
     from blocks.targets.kubernetes import KubernetesSecretTarget
+    from blocks.targets.s3 import S3Target
+    from blocks.targets.secrets_manager import SecretsManagerTarget
     from blocks.targets.ssh import SshTarget
     from blocks.targets.webhook import WebhookTarget
 
-    return {"file": FileTarget, "kubernetes": KubernetesSecretTarget, "ssh": SshTarget, "webhook": WebhookTarget}
+    return {"file": FileTarget, "kubernetes": KubernetesSecretTarget, "ssh": SshTarget, "webhook": WebhookTarget,
+            "s3": S3Target, "acm": AcmTarget, "secrets-manager": SecretsManagerTarget}
 
 
 def _discovery_kinds() -> dict[str, type[Block]]:
@@ -93,6 +97,9 @@ def _build(kinds: dict[str, type[Block]], section: str, name: str, cfg: dict, in
     fields: dict[str, Any] = {}
     for key, value in cfg.items():
         if key == "kind":
+            continue
+        if key == "credentials" and isinstance(value, dict):
+            fields[key] = {k: _resolve(v, k, base, f"{where}.credentials.{k}") for k, v in value.items()}
             continue
         if key == "solver" and isinstance(value, dict):
             fields[key] = _build(_solver_kinds(), "solvers", f"{name}.solver", value, inv)

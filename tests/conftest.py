@@ -12,4 +12,6 @@ pytest_plugins = [
     "tests.plugins.pebble",
     "tests.plugins.nginx",
     "tests.plugins.knot",
+    "tests.plugins.sshd",
+    "tests.plugins.moto",
 ]
