@@ -152,6 +152,7 @@ class Inventory(BaseModel):
     issuers: dict[str, dict[str, Any]] = Field(description="Issuers by name; each has a 'kind' or a 'block'")
     targets: dict[str, dict[str, Any]] = Field(default_factory=dict, description="Targets by name; each has a 'kind' or a 'block'")
     certificates: list[CertificateSpec] = Field(description="The certificates certfleet manages")
+    discovery: list[dict[str, Any]] = Field(default_factory=list, description="Where else to look for live certificates (kind: tls, files, acm, kubernetes, s3)")
 
     source: str = Field("inventory.yaml", exclude=True)
     base_dir: str = Field(".", exclude=True)
@@ -201,6 +202,11 @@ def _semantic_problems(inv: Inventory) -> list[str]:
             sni = e.sni or cert.domains[0]
             if pki.is_valid_dns_name(cert.domains[0]) and not pki.san_covers(tuple(d.lower() for d in cert.domains), sni):
                 out.append(f"{where}.endpoints[{j}].sni: '{sni}' is not covered by the certificate's domains")
+    for i, src_cfg in enumerate(inv.discovery):
+        if not isinstance(src_cfg, dict) or "kind" not in src_cfg:
+            out.append(f"{src}: discovery[{i}]: needs 'kind' (tls, files, acm, kubernetes, s3)")
+        else:
+            out += _inline_secrets(f"{src}: discovery[{i}]", src_cfg)
     for section in ("issuers", "targets"):
         for name, cfg in getattr(inv, section).items():
             where = f"{src}: {section}.{name}"
