@@ -30,6 +30,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from certfleet.challenges import DNS01, HttpSolver, describe, supported_types
 from certfleet.contracts import DnsSolver, IssuanceRequest, Issued
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,9 @@ class AcmeError(Exception):
 
     ``problem_type`` is the RFC 8555 short code (``rateLimited``, ``unauthorized``...)
     when the CA sent a problem document, ``detail`` the CA's own words, ``retry_after``
-    seconds the CA asked us to wait (or ``None``).
+    seconds the CA asked us to wait (or ``None``). For rate-limit bookkeeping:
+    ``order_url`` is set when the failure came after a new order was placed, and
+    ``identifier`` names the domain whose validation the CA rejected.
     """
 
     def __init__(
@@ -57,12 +60,16 @@ class AcmeError(Exception):
         problem_type: str | None = None,
         detail: str | None = None,
         retry_after: float | None = None,
+        order_url: str | None = None,
+        identifier: str | None = None,
     ) -> None:
         super().__init__(message)
         self.transient = transient
         self.problem_type = problem_type
         self.detail = detail
         self.retry_after = retry_after
+        self.order_url = order_url
+        self.identifier = identifier
 
 
 @dataclass(frozen=True)
@@ -86,6 +93,15 @@ class RetryPolicy:
         """Backoff before try number ``attempt + 1`` (attempt counts from 0)."""
         ceiling = min(self.max_delay, self.base_delay * (2**attempt))
         return ceiling / 2 + random.uniform(0, ceiling / 2)
+
+
+@dataclass(frozen=True)
+class _Published:
+    """One challenge a solver was asked to publish, and how to take it down again."""
+
+    kind: str
+    domain: str
+    cleanup: Callable[[], None]
 
 
 @dataclass(frozen=True)
@@ -254,26 +270,48 @@ class AcmeClient:
 
     # ---- issuance ----------------------------------------------------------------
 
-    def issue(self, request: IssuanceRequest, solver: DnsSolver) -> Issued:
-        """Run one order to a certificate with dns-01; the solver's records are always removed.
+    def issue(self, request: IssuanceRequest, solver: DnsSolver | HttpSolver) -> Issued:
+        """Run one order to a certificate; whatever the solver published is always removed.
 
-        Authorizations the CA already holds as valid (reuse) are skipped, so renewing
-        the same names may publish nothing at all.
+        The challenge type is the solver's: dns-01 for a ``DnsSolver``, http-01 for an
+        ``HttpSolver`` (dns-01 first when it is both). Authorizations the CA already
+        holds as valid (reuse) are skipped, so a renewal may publish nothing at all.
         """
         self._check_request(request)
+        types = self._solver_types(solver)
         self.register_or_fetch()
         client = self._client()
         order = self._call("new order", lambda: client.new_order(request.csr_pem))
         log.info("acme: order %s for %s (%s)", order.uri, request.name, ", ".join(request.domains))
-        presented: list[tuple[str, str]] = []
         try:
-            pending = self._present_all(order, solver, presented)
-            self._validate(client, pending)
-        finally:
-            self._cleanup_all(solver, presented)
-        fullchain = self._finalize(client, order)
+            fullchain = self._authorize_and_finalize(client, order, solver, types)
+        except AcmeError as exc:
+            exc.order_url = order.uri  # the order counts against the CA's new-orders limit
+            raise
         log.info("acme: issued %s (order %s)", request.name, order.uri)
         return Issued(fullchain_pem=fullchain.encode(), issuer_name=self.directory_url, detail=f"order {order.uri}")
+
+    def _authorize_and_finalize(self, client: ClientV2, order, solver, types: list[str]) -> str:
+        """Publish, validate, always clean up, then finalize: the part of an order after its creation."""
+        published: list[_Published] = []
+        try:
+            pending = self._present_all(order, solver, types, published)
+            self._validate(client, pending)
+        finally:
+            self._cleanup_all(published)
+        return self._finalize(client, order)
+
+    @staticmethod
+    def _solver_types(solver: object) -> list[str]:
+        """Refuse, before any order, a solver that answers no challenge type we know."""
+        types = supported_types(solver)
+        if not types:
+            raise AcmeError(
+                f"solver {describe(solver)} implements neither present/cleanup (dns-01) "
+                "nor present_http/cleanup_http (http-01)",
+                transient=False,
+            )
+        return types
 
     def _check_request(self, request: IssuanceRequest) -> None:
         """The CSR's names must be the names asked for: no surprise SANs reach the CA."""
@@ -293,33 +331,56 @@ class AcmeClient:
             )
 
     def _present_all(
-        self, order: messages.OrderResource, solver: DnsSolver, presented: list[tuple[str, str]]
+        self,
+        order: messages.OrderResource,
+        solver: DnsSolver | HttpSolver,
+        types: list[str],
+        published: list[_Published],
     ) -> list[tuple[messages.AuthorizationResource, messages.ChallengeBody, challenges.ChallengeResponse]]:
-        """Publish a TXT record per authorization that still needs one.
+        """Publish one challenge per authorization that still needs one.
 
-        Each published record is appended to ``presented`` before moving on, so the
-        caller's ``finally`` cleans up exactly what was published, even mid-way.
+        Each publication is appended to ``published`` *before* the solver is called, so
+        the caller's ``finally`` undoes exactly what may exist, even after a failure.
         """
         pending = []
         for authz in order.authorizations:
             domain = authz.body.identifier.value
             if authz.body.status == messages.STATUS_VALID:
-                log.info("acme: %s already authorized, skipping dns-01", domain)
+                log.info("acme: %s already authorized, skipping validation", domain)
                 continue
-            challb = self._dns01(authz)
-            response, value = challb.response_and_validation(self._key)
-            log.info("acme: presenting dns-01 for %s", domain)
-            presented.append((domain, value))
-            solver.present(domain, value)
+            challb = self._pick_challenge(authz, types)
+            response, validation = challb.response_and_validation(self._key)
+            log.info("acme: presenting %s for %s", challb.chall.typ, domain)
+            self._publish(solver, challb, domain, validation, published)
             pending.append((authz, challb, response))
         return pending
 
-    def _dns01(self, authz: messages.AuthorizationResource) -> messages.ChallengeBody:
-        for challb in authz.body.challenges:
-            if isinstance(challb.chall, challenges.DNS01):
-                return challb
+    @staticmethod
+    def _publish(solver, challb: messages.ChallengeBody, domain: str, validation: str, published: list[_Published]) -> None:
+        """Hand one challenge to the solver: a TXT value (dns-01) or token + key authorization (http-01)."""
+        if challb.chall.typ == DNS01:
+            present = lambda: solver.present(domain, validation)  # noqa: E731
+            undo = lambda: solver.cleanup(domain, validation)  # noqa: E731
+        else:
+            token = challb.chall.encode("token")
+            present = lambda: solver.present_http(domain, token, validation)  # noqa: E731
+            undo = lambda: solver.cleanup_http(domain, token, validation)  # noqa: E731
+        published.append(_Published(challb.chall.typ, domain, undo))
+        present()
+
+    def _pick_challenge(self, authz: messages.AuthorizationResource, types: list[str]) -> messages.ChallengeBody:
+        """The CA's challenge of the solver's most preferred type (http-01 never covers a wildcard)."""
+        offered = {challb.chall.typ: challb for challb in authz.body.challenges}
+        for kind in types:
+            if kind in offered:
+                return offered[kind]
         domain = authz.body.identifier.value
-        raise AcmeError(f"the CA offers no dns-01 challenge for {domain}", transient=False)
+        if authz.body.wildcard:
+            domain = f"*.{domain}"
+        raise AcmeError(
+            f"the CA offers no {' or '.join(types)} challenge for {domain} (offered: {', '.join(sorted(offered)) or 'none'})",
+            transient=False,
+        )
 
     def _validate(self, client: ClientV2, pending: list) -> None:
         """Answer every challenge, then poll each authorization until valid or invalid."""
@@ -348,6 +409,7 @@ class AcmeClient:
             transient=False,
             problem_type=problem.code if problem else None,
             detail=problem.detail if problem else None,
+            identifier=domain,
         )
 
     def _finalize(self, client: ClientV2, order: messages.OrderResource) -> str:
@@ -409,14 +471,14 @@ class AcmeClient:
         """A signed POST through the badNonce-retrying network (``None`` = POST-as-GET)."""
         return self._net.post(url, obj, new_nonce_url=client.directory["newNonce"])
 
-    def _cleanup_all(self, solver: DnsSolver, presented: list[tuple[str, str]]) -> None:
-        """Remove every published record; a failing cleanup is logged, never masks the result."""
-        for domain, value in presented:
+    def _cleanup_all(self, published: list[_Published]) -> None:
+        """Undo every publication; a failing cleanup is logged, never masks the result."""
+        for item in published:
             try:
-                solver.cleanup(domain, value)
-                log.info("acme: cleaned up dns-01 record for %s", domain)
+                item.cleanup()
+                log.info("acme: cleaned up %s for %s", item.kind, item.domain)
             except Exception as exc:  # noqa: BLE001 - cleanup must not hide the real outcome
-                log.warning("acme: cleanup of dns-01 record for %s failed: %s", domain, exc)
+                log.warning("acme: cleanup of %s for %s failed: %s", item.kind, item.domain, exc)
 
     # ---- revocation ----------------------------------------------------------------
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import stat
+import tempfile
 from pathlib import Path
 from typing import Union
 
@@ -16,14 +17,18 @@ from prefect.blocks.core import Block
 from pydantic import Field, PrivateAttr, SecretStr
 
 from blocks.solvers.challtestsrv import ChallTestSrvSolver
+from blocks.solvers.cloudflare import CloudflareSolver
 from blocks.solvers.rfc2136 import Rfc2136Solver
+from blocks.solvers.route53 import Route53Solver
+from blocks.solvers.webroot import WebrootSolver
 from certfleet.acme_client import AcmeClient, AcmeError, generate_account_key
+from certfleet.challenges import ControlsDomains, describe
 from certfleet.contracts import IssuanceRequest, Issued
 
 log = logging.getLogger(__name__)
 
-# Every dns-01 solver block the issuer accepts; add new solver blocks to this Union.
-SolverBlock = Union[ChallTestSrvSolver, Rfc2136Solver]
+# Every solver block the issuer accepts (dns-01 and http-01); add new solver blocks here.
+SolverBlock = Union[ChallTestSrvSolver, Rfc2136Solver, Route53Solver, CloudflareSolver, WebrootSolver]
 
 
 class AcmeIssuer(Block):
@@ -52,7 +57,8 @@ class AcmeIssuer(Block):
     )
     solver: SolverBlock = Field(  # type: ignore[valid-type]
         ...,
-        description="dns-01 solver that publishes the _acme-challenge TXT records.",
+        description="Solver that proves control of the domains: a dns-01 solver publishes "
+        "_acme-challenge TXT records, an http-01 solver (webroot) serves files over HTTP.",
     )
     eab_kid: str | None = Field(
         default=None,
@@ -66,9 +72,30 @@ class AcmeIssuer(Block):
     _client: AcmeClient | None = PrivateAttr(default=None)
 
     def issue(self, request: IssuanceRequest) -> Issued:
-        """Order a certificate for ``request`` (dns-01 through ``solver``)."""
+        """Order a certificate for ``request``, proving control through ``solver``."""
         log.info("acme issuer '%s': issuing %s", self.directory_url, request.name)
-        return self._guard(lambda: self._acme().issue(request, self.solver))
+        return self._guard(lambda: self._issue(request))
+
+    def _issue(self, request: IssuanceRequest) -> Issued:
+        self._refuse_uncontrolled(request)
+        return self._acme().issue(request, self.solver)
+
+    def _refuse_uncontrolled(self, request: IssuanceRequest) -> None:
+        """Refuse a domain the solver cannot publish for, before any order is placed.
+
+        An order for it could only end in a failed validation, which costs a CA request
+        and counts against the CA's failed-validation rate limit. Solvers without
+        ``controls`` (challtestsrv, webroot) cannot know, so they are not asked.
+        """
+        if not isinstance(self.solver, ControlsDomains):
+            return
+        for domain in request.domains:
+            if not self.solver.controls(domain):
+                raise AcmeError(
+                    f"certificate '{request.name}': domain {domain!r} is not controlled by solver "
+                    f"{describe(self.solver)}; no order placed",
+                    transient=False,
+                )
 
     def revoke(self, cert_pem: bytes, reason: int = 0) -> None:
         """Revoke a certificate issued to this account (RFC 5280 reason code)."""
@@ -87,6 +114,8 @@ class AcmeIssuer(Block):
                 problem_type=exc.problem_type,
                 detail=exc.detail,
                 retry_after=exc.retry_after,
+                order_url=exc.order_url,
+                identifier=exc.identifier,
             ) from exc
         except Exception as exc:  # solver or key-file failure: name the issuer, keep the cause
             raise AcmeError(f"{prefix}: {exc}", transient=False) from exc
@@ -122,8 +151,10 @@ def _create_key_file(path: Path) -> None:
     never sees a half-written file and two workers never end up with two accounts.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    # Unique per thread as well as per process: several tasks of one run may race here.
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = Path(name)
+    os.fchmod(fd, 0o600)
     with os.fdopen(fd, "wb") as fh:
         fh.write(generate_account_key())
     try:

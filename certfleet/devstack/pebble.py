@@ -100,6 +100,7 @@ def start_pebble(
     validity_seconds: int | None = None,
     dns_server: str | None = None,
     nonce_reject: int | None = None,
+    http_port: int | None = None,
     timeout: float = 20.0,
 ) -> Pebble:
     """Start challtestsrv and Pebble in ``workdir``; return once the directory answers.
@@ -107,6 +108,8 @@ def start_pebble(
     ``dns_server`` ("host:port") points Pebble's validator at another DNS server (e.g. a
     Knot under test) instead of challtestsrv. ``nonce_reject`` overrides Pebble's default
     5% rejection of good nonces; by default it stays, because real clients must cope.
+    ``http_port`` is the port Pebble's validator connects to for http-01 (a web server
+    under test, e.g. nginx serving a webroot); by default an unused free port.
     """
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -117,7 +120,7 @@ def start_pebble(
     try:
         _wait_tcp(chall_mgmt, timeout, procs[0], chall_log)
         acme_port, mgmt_port = free_port(), free_port()
-        config = _write_config(workdir, acme_port, mgmt_port, cert_path, key_path, validity_seconds)
+        config = _write_config(workdir, acme_port, mgmt_port, cert_path, key_path, validity_seconds, http_port)
         pebble_log = workdir / "pebble.log"
         dns = dns_server or f"127.0.0.1:{dns_port}"
         procs.append(_start_pebble(config, dns, nonce_reject, pebble_log))
@@ -192,14 +195,14 @@ def _sign(subject, issuer, public_key, signing_key, *, is_ca: bool) -> x509.Cert
     return builder.sign(signing_key, hashes.SHA256())
 
 
-def _write_config(workdir, acme_port, mgmt_port, cert_path, key_path, validity_seconds) -> Path:
+def _write_config(workdir, acme_port, mgmt_port, cert_path, key_path, validity_seconds, http_port=None) -> Path:
     """Pebble's JSON config with only the keys 2.4.0 reads (see NOTES-test-services)."""
     cfg: dict[str, Any] = {
         "listenAddress": f"127.0.0.1:{acme_port}",
         "managementListenAddress": f"127.0.0.1:{mgmt_port}",
         "certificate": str(cert_path),
         "privateKey": str(key_path),
-        "httpPort": free_port(),  # http-01 / tls-alpn-01 are unused, but must be set
+        "httpPort": http_port or free_port(),  # must be set even when http-01 is unused
         "tlsPort": free_port(),
         "ocspResponderURL": "",
         "externalAccountBindingRequired": False,
