@@ -27,9 +27,13 @@ def _issuer_kinds() -> dict[str, type[Block]]:
 
 def _solver_kinds() -> dict[str, type[Block]]:
     from blocks.solvers.challtestsrv import ChallTestSrvSolver
+    from blocks.solvers.cloudflare import CloudflareSolver
     from blocks.solvers.rfc2136 import Rfc2136Solver
+    from blocks.solvers.route53 import Route53Solver
+    from blocks.solvers.webroot import WebrootSolver
 
-    return {"challtestsrv": ChallTestSrvSolver, "rfc2136": Rfc2136Solver}
+    return {"challtestsrv": ChallTestSrvSolver, "rfc2136": Rfc2136Solver, "route53": Route53Solver,
+            "cloudflare": CloudflareSolver, "webroot": WebrootSolver}
 
 
 def _target_kinds() -> dict[str, type[Block]]:
@@ -46,14 +50,18 @@ def _target_kinds() -> dict[str, type[Block]]:
 
 
 def _discovery_kinds() -> dict[str, type[Block]]:
+    from blocks.discovery.acm import AcmDiscovery
     from blocks.discovery.files import FilesDiscovery
+    from blocks.discovery.kubernetes import KubernetesDiscovery
+    from blocks.discovery.s3 import S3Discovery
     from blocks.discovery.tls import TlsDiscovery
 
-    return {"files": FilesDiscovery, "tls": TlsDiscovery}
+    return {"files": FilesDiscovery, "tls": TlsDiscovery, "acm": AcmDiscovery,
+            "kubernetes": KubernetesDiscovery, "s3": S3Discovery}
 
 
 # Fields whose relative paths are resolved against the inventory file's directory.
-_PATH_FIELDS = ("_path", "directory", "ca_bundle", "paths")
+_PATH_FIELDS = ("_path", "directory", "ca_bundle", "paths", "webroot")
 # ...except paths that live on another machine.
 _REMOTE_PATHS = {"ssh": {"fullchain_path", "key_path"}}
 
@@ -92,7 +100,7 @@ def _build(kinds: dict[str, type[Block]], section: str, name: str, cfg: dict, in
             raise InventoryError([f"{where}.block: cannot load block '{cfg['block']}' ({exc})"]) from None
     kind = cfg.get("kind")
     if kind not in kinds:
-        raise InventoryError([f"{where}.kind: unknown {section[:-1]} kind '{kind}' (known: {', '.join(sorted(kinds))})"])
+        raise InventoryError([f"{where}.kind: unknown {section.rstrip('s')} kind '{kind}' (known: {', '.join(sorted(kinds))})"])
     base = Path(inv.base_dir)
     fields: dict[str, Any] = {}
     for key, value in cfg.items():
@@ -117,6 +125,8 @@ def _build(kinds: dict[str, type[Block]], section: str, name: str, cfg: dict, in
 def issuer(inv: Inventory, name: str) -> Block:
     """The issuer block ``name`` of the inventory."""
     cfg = dict(inv.issuers[name])
+    cfg.pop("fallback", None)  # a flow-level choice (emergency rotation), not issuer configuration
+    cfg.pop("rate_limits", None)  # the ledger's (tasks.common.ledger_for), not the issuer block's
     if cfg.get("kind") == "acme" and "account_key_path" not in cfg:
         # One ACME account per directory, kept beside the store: created once, reused.
         cfg["account_key_path"] = str(inv.store_path() / "_accounts" / f"{name}.key")
@@ -125,6 +135,28 @@ def issuer(inv: Inventory, name: str) -> Block:
 
 def target(inv: Inventory, name: str) -> Block:
     return _build(_target_kinds(), "targets", name, inv.targets[name], inv)
+
+
+def store(inv: Inventory):
+    """The inventory's store: the local directory (default), or an S3 / Secrets Manager block."""
+    from certfleet.store import LocalStore, StoreError, parse_encryption_keys
+
+    spec = inv.store
+    where = f"{inv.source}: store.encryption_key"
+    ref = spec.encryption_key.model_dump(exclude_none=True) if spec.encryption_key else None
+    if spec.kind == "local":
+        try:
+            keys = parse_encryption_keys(_secret(ref, where), where) if ref else None
+        except StoreError as exc:
+            raise InventoryError([str(exc)]) from None
+        return LocalStore(inv.store_path(), keep_versions=spec.keep_versions, encryption_keys=keys)
+    from blocks.stores.s3 import S3Store
+    from blocks.stores.secrets_manager import SecretsManagerStore
+
+    cfg = {k: v for k, v in spec.model_dump(exclude={"path", "encryption_key"}).items() if v is not None}
+    if ref:
+        cfg["encryption_keys"] = ref
+    return _build({"s3": S3Store, "secrets-manager": SecretsManagerStore}, "store", spec.kind, cfg, inv)
 
 
 def discovery_source(inv: Inventory, index: int) -> Block:

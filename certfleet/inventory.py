@@ -137,9 +137,20 @@ class CertificateSpec(BaseModel):
 
 
 class StoreSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    kind: str = Field("local", description="'local' (a directory; the default)")
+    """Where issued certificates and keys live. Backend settings pass through to its block."""
+
+    model_config = ConfigDict(extra="allow")
+    kind: str = Field("local", description="'local' (a directory; the default), 's3' or 'secrets-manager'")
     path: str = Field("store", description="Directory of the local store, relative to the inventory file")
+    keep_versions: int | None = Field(10, ge=2, description="Versions kept per certificate (never the current one or the one before it); null keeps all")
+    encryption_key: SecretRef | None = Field(None, description="Encrypt private keys at rest: {env: NAME} or {block: NAME} holding base64 32-byte keys, comma separated (first encrypts)")
+
+    @field_validator("kind")
+    @classmethod
+    def _kind(cls, v: str) -> str:
+        if v not in ("local", "s3", "secrets-manager"):
+            raise ValueError(f"unknown store kind '{v}' (known: local, s3, secrets-manager)")
+        return v
 
 
 class Inventory(BaseModel):
@@ -188,6 +199,10 @@ def _semantic_problems(inv: Inventory) -> list[str]:
         for j, d in enumerate(cert.domains):
             if not pki.is_valid_dns_name(d):
                 out.append(f"{where}.domains[{j}]: '{d}' is not a valid DNS name")
+        if cert.issuer in inv.issuers and isinstance(inv.issuers[cert.issuer], dict):
+            fb = inv.issuers[cert.issuer].get("fallback")
+            if fb is not None and fb not in inv.issuers:
+                out.append(f"{src}: issuers.{cert.issuer}.fallback: unknown issuer '{fb}'")
         if cert.issuer not in inv.issuers:
             out.append(f"{where}.issuer: unknown issuer '{cert.issuer}' (known: {', '.join(sorted(inv.issuers)) or 'none'})")
         for j, t in enumerate(cert.targets):

@@ -11,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from certfleet import distribution, inventory
-from certfleet.store import LocalStore
+from certfleet.store import CertificateStore
 
 
 @lru_cache(maxsize=16)
@@ -25,10 +25,10 @@ def load_inventory(path: str) -> inventory.Inventory:
     return _load(str(Path(path).resolve()), st.st_mtime_ns, st.st_size)
 
 
-def store_for(inv: inventory.Inventory) -> LocalStore:
-    if inv.store.kind != "local":
-        raise inventory.InventoryError([f"{inv.source}: store.kind: unknown store kind '{inv.store.kind}' (known: local)"])
-    return LocalStore(inv.store_path())
+def store_for(inv: inventory.Inventory) -> CertificateStore:
+    from blocks import registry
+
+    return registry.store(inv)
 
 
 def roots_for(inv: inventory.Inventory, name: str) -> list:
@@ -42,3 +42,27 @@ def not_permanent(task, task_run, state) -> bool:
     except Exception as exc:  # noqa: BLE001 - classify, do not handle
         return bool(getattr(exc, "transient", False)) or isinstance(exc, (OSError, TimeoutError))
     return False
+
+
+def ledger_for(inv: inventory.Inventory, issuer_name: str):
+    """The rate-limit ledger of one issuer (ACME only), kept beside the inventory's store.
+
+    Budgets default to Let's Encrypt's published limits; an issuer's ``rate_limits``
+    (e.g. ``{certificates_per_domain: 20}``) overrides counts per limit.
+    """
+    from dataclasses import replace
+
+    from certfleet import ratelimit
+
+    cfg = inv.issuers[issuer_name]
+    if cfg.get("kind") != "acme":
+        return None
+    limits = ratelimit.Limits()
+    for field_name, count in (cfg.get("rate_limits") or {}).items():
+        if field_name == "emergency_fraction":
+            limits = replace(limits, emergency_fraction=float(count))
+        elif hasattr(limits, field_name):
+            limits = replace(limits, **{field_name: replace(getattr(limits, field_name), count=int(count))})
+        else:
+            raise inventory.InventoryError([f"{inv.source}: issuers.{issuer_name}.rate_limits.{field_name}: unknown limit"])
+    return ratelimit.Ledger(ratelimit.ledger_path(inv.store_path(), issuer_name), limits)

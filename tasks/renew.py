@@ -7,8 +7,10 @@ from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
 from blocks import registry
-from certfleet import renewal
-from tasks.common import load_inventory, not_permanent, store_for
+from prefect.events import emit_event
+
+from certfleet import ratelimit, renewal
+from tasks.common import ledger_for, load_inventory, not_permanent, store_for
 
 
 @task(name="renew", cache_policy=NO_CACHE, persist_result=False, retries=3,
@@ -18,4 +20,13 @@ def renew_certificate(inventory_path: str, name: str, force: bool = False) -> re
     inv = load_inventory(inventory_path)
     spec = inv.certificate(name)
     issuer = registry.issuer(inv, spec.issuer)
-    return renewal.renew(spec, store_for(inv), issuer, issuer_name=spec.issuer, force=force)
+    try:
+        return renewal.renew(spec, store_for(inv), issuer, issuer_name=spec.issuer, force=force,
+                             ledger=ledger_for(inv, spec.issuer))
+    except ratelimit.BudgetExceeded as exc:
+        emit_event(event="certfleet.budget.exhausted",
+                   resource={"prefect.resource.id": f"certfleet.certificate.{name}", "certfleet.certificate": name,
+                             "certfleet.issuer": spec.issuer},
+                   payload={"limit": exc.limit.name, "used": exc.used, "allowed": exc.allowed,
+                            "frees_at": exc.frees_at.isoformat() if exc.frees_at else None})
+        raise RuntimeError(f"certificate '{name}': {exc}; no order placed") from None

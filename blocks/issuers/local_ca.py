@@ -34,5 +34,24 @@ class LocalCAIssuer(Block):
                                     not_after=now + timedelta(days=self.validity_days))
         return Issued(fullchain_pem=chain, issuer_name=f"local-ca:{self.directory}")
 
+    def revoke(self, cert_pem: bytes, reason: int = 0) -> None:
+        """Record the serial in ``<directory>/revoked.json`` (what a CRL would be made from)."""
+        import json
+
+        from certfleet import pki
+        from certfleet.fsutil import atomic_write
+
+        serial = pki.serial_hex(pki.load_certs(cert_pem)[0])
+        path = Path(self.directory) / "revoked.json"
+        revoked = json.loads(path.read_text()) if path.exists() else {}
+        revoked[serial] = {"reason": reason, "at": datetime.now(timezone.utc).isoformat()}
+        atomic_write(path, json.dumps(revoked, indent=2).encode(), 0o644)
+
+    def revoked(self) -> dict:
+        import json
+
+        path = Path(self.directory) / "revoked.json"
+        return json.loads(path.read_text()) if path.exists() else {}
+
     def roots_pem(self) -> bytes:
         return self._ca().root_pem

@@ -9,6 +9,10 @@ is raised. ``current()`` reads the serial of the certificate in ``fullchain_path
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import hashlib
+import os
+import tempfile
 import shutil
 import subprocess
 from datetime import datetime, timezone
@@ -64,15 +68,16 @@ class FileTarget(Block):
 
     def deploy(self, bundle: DeployBundle) -> Receipt:
         contents = self._contents(bundle)
-        backups = self._backup()
-        try:
-            for (path, mode), data in zip(self._paths(), contents):
-                atomic_write(path, data, mode)
-            self._run(self.config_test_command, "config test")
-            self._run(self.reload_command, "reload")
-        except BaseException:
-            self._restore(backups)
-            raise
+        with _server_lock(self.reload_command):
+            backups = self._backup()
+            try:
+                for (path, mode), data in zip(self._paths(), contents):
+                    atomic_write(path, data, mode)
+                self._run(self.config_test_command, "config test")
+                self._run(self.reload_command, "reload")
+            except BaseException:
+                self._restore(backups)
+                raise
         return Receipt(target=self.fullchain_path, certificate=bundle.certificate, serial=bundle.serial,
                        changed=True, detail="written and reloaded" if self.reload_command else "written",
                        at=datetime.now(timezone.utc))
@@ -90,9 +95,10 @@ class FileTarget(Block):
         info = pki.describe(previous)
         if info.not_after <= datetime.now(timezone.utc):
             raise TargetError(f"{self._label()}: previous certificate {info.serial} expired at {info.not_after:%Y-%m-%d %H:%M}Z; not rolled back")
-        for path, mode, backup in pairs:
-            atomic_write(path, backup.read_bytes(), mode)
-        self._run(self.reload_command, "reload")
+        with _server_lock(self.reload_command):
+            for path, mode, backup in pairs:
+                atomic_write(path, backup.read_bytes(), mode)
+            self._run(self.reload_command, "reload")
         return self.current()
 
     def _contents(self, bundle: DeployBundle) -> list[bytes]:
@@ -132,3 +138,24 @@ class FileTarget(Block):
             tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
             raise TargetError(f"{self._label()}: {what} command failed (exit {proc.returncode}): {' | '.join(tail)}; previous files restored")
 
+
+@contextlib.contextmanager
+def _server_lock(reload_command: list[str] | None):
+    """One writer at a time per server (keyed by its reload command), across processes.
+
+    A server reads every vhost's certificate and key when it reloads (``nginx -s
+    reload`` even parses them before signalling). Two targets of one nginx written
+    concurrently would let a reload see one target's new certificate beside its old key.
+    """
+    if not reload_command:
+        yield
+        return
+    digest = hashlib.sha256("\0".join(reload_command).encode()).hexdigest()[:16]
+    path = Path(tempfile.gettempdir()) / f"certfleet-reload-{digest}.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
