@@ -222,11 +222,12 @@ def verify_chain(
         return CheckResult(False, "UNTRUSTED_CHAIN", "no trust roots configured")
     builder = PolicyBuilder().store(Store(roots)).time(at)
     try:
-        if hostname is not None:
-            verifier = builder.build_server_verifier(_subject_for(hostname))
-        else:
-            verifier = builder.build_client_verifier()
-        verifier.verify(leaf, intermediates)
+        # Without a hostname we still validate as a TLS *server* certificate (serverAuth
+        # EKU), naming the leaf's own first SAN: name coverage is a separate check.
+        name = hostname if hostname is not None else (info.sans[0] if info.sans else None)
+        if name is None:
+            return CheckResult(False, "HOSTNAME_MISMATCH", f"certificate {info.serial} has no subjectAltName")
+        builder.build_server_verifier(_subject_for(name.replace("*", "wildcard", 1))).verify(leaf, intermediates)
     except VerificationError as exc:
         if _issuer_missing(leaf, intermediates, roots):
             return CheckResult(False, "INCOMPLETE_CHAIN", f"certificate {info.serial}: the issuer '{leaf.issuer.rfc4514_string()}' is not served and not a trusted root (missing intermediate)")

@@ -69,10 +69,16 @@ class FileTarget(Block):
     def deploy(self, bundle: DeployBundle) -> Receipt:
         contents = self._contents(bundle)
         with _server_lock(self.reload_command):
-            backups = self._backup()
+            try:
+                backups = self._backup()
+            except OSError as exc:
+                raise TargetError(f"{self._label()}: cannot back up the current files: {exc.strerror} ({exc.filename}); nothing written") from None
             try:
                 for (path, mode), data in zip(self._paths(), contents):
-                    atomic_write(path, data, mode)
+                    try:
+                        atomic_write(path, data, mode)
+                    except OSError as exc:
+                        raise TargetError(f"{self._label()}: cannot write {path}: {exc.strerror}; previous files restored") from None
                 self._run(self.config_test_command, "config test")
                 self._run(self.reload_command, "reload")
             except BaseException:
