@@ -1,0 +1,1 @@
+"""Notifier blocks: where certfleet tells people what happened (blocks.notifiers.slack)."""
