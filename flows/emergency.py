@@ -13,11 +13,13 @@ import contextlib
 from prefect import flow, get_run_logger
 from prefect.states import Completed, Failed
 
+from blocks.notifiers.slack import emergency_timeline_message
 from certfleet import emergency
 from flows._futures import settle
 from flows.distribute import distribute
 from tasks.common import load_inventory, store_for
 from tasks.emergency import revoke_certificate, rotate_certificate
+from tasks.notify import notify_slack
 from tasks.report import publish_table, validate_inventory
 from tasks.verify import verify_certificate
 
@@ -26,7 +28,8 @@ from tasks.verify import verify_certificate
 def emergency_rotation(inventory: str = "inventory.yaml", certificates: list[str] | None = None,
                        sharing_key_with: list[str] | None = None, issuer: str | None = None,
                        target: str | None = None, reason: str = "keyCompromise", dry_run: bool = False,
-                       force_revoke: bool = False, verify_deadline: float = 120.0):
+                       force_revoke: bool = False, verify_deadline: float = 120.0,
+                       slack_block: str | None = None):
     """Rotate every selected certificate now, prove every endpoint is safe, then revoke.
 
     Args:
@@ -40,6 +43,7 @@ def emergency_rotation(inventory: str = "inventory.yaml", certificates: list[str
         dry_run: print the plan and change nothing.
         force_revoke: with keyCompromise, revoke even where an endpoint still serves the old one.
         verify_deadline: seconds to wait for endpoints to serve the new certificates.
+        slack_block: name of a saved SlackNotifier block to post the timeline to (optional).
     """
     log = get_run_logger()
     timeline = emergency.Timeline()
@@ -112,6 +116,8 @@ def emergency_rotation(inventory: str = "inventory.yaml", certificates: list[str
     for line in timeline.lines():
         log.info("timeline: %s", line)
     summary = f"rotated {len(done)}/{len(names)}, safe {sum(safe.values())}, revoked {len(rdone)}"
+    message = emergency_timeline_message(names, timeline.steps, f"{reason}: {summary}" + (f"; {len(failures)} problems" if failures else ""))
+    notify_slack(slack_block, message.title, message.lines, message.table)
     if failures:
         return Failed(message=f"{summary}; {len(failures)} problems: " + "; ".join(failures),
                       data={"timeline": timeline.lines(), "rows": list(rows.values())})

@@ -13,17 +13,19 @@ from prefect.states import Completed, Failed
 from flows.distribute import distribute
 from flows.renew import renew
 from flows.verify import verify
+from tasks.notify import notify_slack
 
 
 @flow(name="lifecycle")
 def lifecycle(inventory: str = "inventory.yaml", certificates: list[str] | None = None,
-              verify_deadline: float = 60.0):
+              verify_deadline: float = 60.0, slack_block: str | None = None):
     """Keep every endpoint of every (or the named) certificate serving a current certificate.
 
     Args:
         inventory: path of the inventory YAML file.
         certificates: limit the run to these certificate names (default: all).
         verify_deadline: seconds to keep re-probing endpoints that do not verify yet.
+        slack_block: name of a saved SlackNotifier block; posts when something was issued or failed.
     """
     log = get_run_logger()
     renewed = renew(inventory, certificates, return_state=True)
@@ -34,6 +36,9 @@ def lifecycle(inventory: str = "inventory.yaml", certificates: list[str] | None 
     phases = {"renew": renewed, "distribute": distributed, "verify": verified}
     failed = {name: st.message for name, st in phases.items() if not st.is_completed()}
     summary = "; ".join(f"{name}: {st.message}" for name, st in phases.items())
+    if slack_block and (failed or not (renewed.message or "").startswith("issued 0 ")):
+        notify_slack(slack_block, f"certfleet lifecycle: {'FAILED' if failed else 'ok'}",
+                     [f"{name}: {st.message}" for name, st in phases.items()])
     if failed:
         for name, msg in failed.items():
             log.error("%s failed: %s", name, msg)

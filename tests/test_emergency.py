@@ -102,8 +102,16 @@ async def test_compromise_rotates_verifies_then_revokes(prefect_harness, tmp_pat
     assert f["nginx"].reload_count == reloads
     assert {n: f["store"].current(n).serial for n in old} == old
 
+    from blocks.notifiers.slack import SlackNotifier
+    from tests.test_leaks import key_fragments, leaks_in
+    from tests.test_slack import Receiver
+
+    slack = Receiver()
+    await asyncio.to_thread(SlackNotifier(bot_token="xoxb-test", channel="C0OPS", base_url=f"{slack.url}/api/").save,
+                            "emergency-test-slack", overwrite=True)
     state = await asyncio.to_thread(emergency_rotation, inventory=inv, issuer="pebble", reason="keyCompromise",
-                                    verify_deadline=30, return_state=True)
+                                    verify_deadline=30, slack_block="emergency-test-slack", return_state=True)
+    slack.close()
     assert state.is_completed(), state.message
     new = {n: f["store"].current(n).serial for n in old}
     assert all(new[n] != old[n] for n in old)
@@ -124,6 +132,13 @@ async def test_compromise_rotates_verifies_then_revokes(prefect_harness, tmp_pat
     for n, serial in old.items():
         assert pebble.cert_status(serial)["Status"] == "Revoked", n
         assert pebble.cert_status(new[n])["Status"] == "Valid", n
+    # Slack got exactly one message: the timeline, with no key material in it.
+    assert len(slack.requests) == 1
+    body = slack.requests[0]["body"]
+    assert b"emergency rotation" in body and b"keyCompromise" in body and b"revoked 20/20" in body
+    keys = sorted((tmp_path / "store").rglob("key.pem"))
+    assert len(keys) >= 2 * N
+    assert not leaks_in(body, key_fragments(keys))
     timeline = (await asyncio.to_thread(state.result))["timeline"]
     steps = [line.split(") ", 1)[1] for line in timeline]
     assert steps[0] == "started" and steps[1].startswith("issued 20/20") and steps[2] == "distributed"
