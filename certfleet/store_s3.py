@@ -39,9 +39,23 @@ from typing import Iterator
 from botocore.exceptions import BotoCoreError, ClientError
 
 from certfleet import pki
-from certfleet.store import (DEFAULT_KEEP_VERSIONS, ENCRYPTED_KEY_FILE, KEY_FILE, LockTimeout, StoredVersion,
-                             StoreError, check_bundle, check_keep, check_name, envelope_for, new_meta, open_key,
-                             previous_of, to_prune, version_from_meta)
+from certfleet.store import (
+    DEFAULT_KEEP_VERSIONS,
+    ENCRYPTED_KEY_FILE,
+    KEY_FILE,
+    LockTimeout,
+    StoredVersion,
+    StoreError,
+    check_bundle,
+    check_keep,
+    check_name,
+    envelope_for,
+    new_meta,
+    open_key,
+    previous_of,
+    to_prune,
+    version_from_meta,
+)
 
 log = logging.getLogger(__name__)
 

@@ -46,9 +46,21 @@ from typing import Iterator
 from botocore.exceptions import ClientError
 
 from certfleet import pki
-from certfleet.store import (DEFAULT_KEEP_VERSIONS, LockTimeout, StoredVersion, StoreError, check_bundle,
-                             check_keep, check_name, envelope_for, new_meta, open_key, previous_of, to_prune,
-                             version_from_meta)
+from certfleet.store import (
+    DEFAULT_KEEP_VERSIONS,
+    LockTimeout,
+    StoredVersion,
+    StoreError,
+    check_bundle,
+    check_keep,
+    check_name,
+    envelope_for,
+    new_meta,
+    open_key,
+    previous_of,
+    to_prune,
+    version_from_meta,
+)
 from certfleet.store_s3 import DEFAULT_LOCK_TTL, aws_call, error_code
 
 log = logging.getLogger(__name__)

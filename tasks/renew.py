@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
+from prefect.events import emit_event
 from prefect.tasks import exponential_backoff
 
 from blocks import registry
-from prefect.events import emit_event
-
 from certfleet import ratelimit, renewal
 from tasks.common import ledger_for, load_inventory, not_permanent, store_for
 

@@ -14,4 +14,5 @@ pytest_plugins = [
     "tests.plugins.knot",
     "tests.plugins.sshd",
     "tests.plugins.moto",
+    "tests.plugins.fleet",
 ]

@@ -20,7 +20,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from blocks.issuers.acme import AcmeIssuer
 from blocks.solvers.challtestsrv import ChallTestSrvSolver
-from certfleet.acme_client import AcmeClient, AcmeError, RetryPolicy, generate_account_key
+from certfleet.acme_client import (
+    AcmeClient,
+    AcmeError,
+    RetryPolicy,
+    generate_account_key,
+)
 from certfleet.contracts import DnsSolver, IssuanceRequest
 from certfleet.devstack.ports import free_port
 

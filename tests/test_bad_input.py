@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-from tests.test_incident import fleet  # noqa: F401 - the incident's fleet
-
 pytestmark = pytest.mark.services
 
 

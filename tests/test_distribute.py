@@ -11,7 +11,6 @@ import contextlib
 import json
 import os
 import subprocess
-import textwrap
 import uuid
 
 import pytest
@@ -20,7 +19,7 @@ from certfleet import pki
 from certfleet.devstack.nginx import Vhost
 from certfleet.devstack.ports import free_port
 from certfleet.store import LocalStore
-from tests.test_incident import served_serial
+from tests.plugins.fleet import served_serial
 
 pytestmark = pytest.mark.services
 

@@ -20,7 +20,7 @@ from certfleet.devstack.nginx import Vhost
 from certfleet.devstack.pebble import start_pebble
 from certfleet.devstack.ports import free_port
 from certfleet.store import LocalStore
-from tests.test_incident import served_serial
+from tests.plugins.fleet import served_serial
 
 pytestmark = pytest.mark.services
 
@@ -58,7 +58,7 @@ def build_fleet(tmp_path, pebble, nginx_factory, *, s3=None, kubeconfig=None, fa
         certs.append(f"  - {{name: c{i}, domains: [c{i}.shop.test], issuer: pebble, targets: [{', '.join(names)}], "
                      f"endpoints: ['127.0.0.1:{port}']}}")
     (tmp_path / "roots.pem").write_bytes(pebble.roots_pem() + (fallback.roots_pem() if fallback else b""))
-    fb = f"\n    fallback: backup" if fallback else ""
+    fb = "\n    fallback: backup" if fallback else ""
     backup = ""
     if fallback:
         backup = textwrap.dedent(f"""

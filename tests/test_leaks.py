@@ -14,8 +14,6 @@ from urllib.parse import urlparse
 
 import pytest
 
-from tests.test_incident import fleet  # noqa: F401 - the same fleet as the incident
-
 pytestmark = pytest.mark.services
 
 _PEM_BODY = re.compile(rb"-----BEGIN [A-Z ]*PRIVATE KEY-----\r?\n(.+?)-----END", re.DOTALL)

@@ -14,7 +14,12 @@ import time
 import pytest
 
 from certfleet import pki
-from certfleet.devstack.nginx import NginxError, Vhost, free_port, ipv6_loopback_available
+from certfleet.devstack.nginx import (
+    NginxError,
+    Vhost,
+    free_port,
+    ipv6_loopback_available,
+)
 from certfleet.models import Endpoint, ProbeStatus
 from certfleet.probe import probe, probe_many, probe_sync
 

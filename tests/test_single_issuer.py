@@ -10,7 +10,7 @@ import threading
 
 import pytest
 
-from tests.test_incident import fleet, served_serial  # noqa: F401 - the incident's fleet
+from tests.plugins.fleet import served_serial
 
 pytestmark = pytest.mark.services
 

@@ -17,8 +17,13 @@ from types import SimpleNamespace
 
 import pytest
 
-from blocks.notifiers.slack import (SlackNotifier, SlackNotifierError, distribution_message,
-                                    emergency_timeline_message, renewal_message)
+from blocks.notifiers.slack import (
+    SlackNotifier,
+    SlackNotifierError,
+    distribution_message,
+    emergency_timeline_message,
+    renewal_message,
+)
 
 TOKEN = "xoxb-test-0000-token"
 

@@ -19,7 +19,11 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from blocks.solvers.cloudflare import CloudflareError, CloudflareSolver, ZoneNotFoundError
+from blocks.solvers.cloudflare import (
+    CloudflareError,
+    CloudflareSolver,
+    ZoneNotFoundError,
+)
 from certfleet.contracts import DnsSolver
 
 TOKEN = "cf-token-" + uuid.uuid4().hex

@@ -10,8 +10,16 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from certfleet import localca, pki
-from certfleet.store import (ENCRYPTED_KEY_FILE, KEY_FILE, CertificateStore, KeyEnvelope, LocalStore, StoreError,
-                             key_id, parse_encryption_keys)
+from certfleet.store import (
+    ENCRYPTED_KEY_FILE,
+    KEY_FILE,
+    CertificateStore,
+    KeyEnvelope,
+    LocalStore,
+    StoreError,
+    key_id,
+    parse_encryption_keys,
+)
 
 K1, K2 = os.urandom(32), os.urandom(32)
 

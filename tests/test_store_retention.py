@@ -8,7 +8,13 @@ import pytest
 
 from certfleet import localca
 from certfleet.models import CertificateInfo
-from certfleet.store import DEFAULT_KEEP_VERSIONS, LocalStore, StoredVersion, StoreError, to_prune
+from certfleet.store import (
+    DEFAULT_KEEP_VERSIONS,
+    LocalStore,
+    StoredVersion,
+    StoreError,
+    to_prune,
+)
 
 
 @pytest.fixture(scope="module")

@@ -31,7 +31,11 @@ from pathlib import Path
 import pytest
 from kubernetes import client, config
 
-from blocks.targets.kubernetes import RESTARTED_AT, KubernetesSecretTarget, KubernetesTargetError
+from blocks.targets.kubernetes import (
+    RESTARTED_AT,
+    KubernetesSecretTarget,
+    KubernetesTargetError,
+)
 from certfleet import pki
 from certfleet.contracts import DeployBundle, RollbackCapable, Target
 from certfleet.devstack.ports import free_port

@@ -31,7 +31,12 @@ from prefect.exceptions import MissingContextError
 from prefect.logging import get_logger, get_run_logger
 from pydantic import Field, SecretStr, field_validator
 
-from certfleet.dns_check import PropagationTimeout, ZoneNotFound, find_zone, wait_for_txt
+from certfleet.dns_check import (
+    PropagationTimeout,
+    ZoneNotFound,
+    find_zone,
+    wait_for_txt,
+)
 
 UPDATE_TIMEOUT = 10.0  # seconds for one update round trip; propagation has its own budget
 

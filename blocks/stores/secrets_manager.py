@@ -15,7 +15,10 @@ from blocks.aws import AwsCredentials
 from blocks.stores.base import DelegatingStore, unwrap_encryption_keys
 from certfleet.store import DEFAULT_KEEP_VERSIONS
 from certfleet.store_s3 import DEFAULT_LOCK_TTL
-from certfleet.store_secrets_manager import MAX_KEEP_VERSIONS, SecretsManagerCertificateStore
+from certfleet.store_secrets_manager import (
+    MAX_KEEP_VERSIONS,
+    SecretsManagerCertificateStore,
+)
 
 
 class SecretsManagerStore(DelegatingStore, Block):

@@ -12,9 +12,9 @@ import contextlib
 import fcntl
 import hashlib
 import os
-import tempfile
 import shutil
 import subprocess
+import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -22,8 +22,8 @@ from prefect.blocks.core import Block
 from pydantic import Field
 
 from certfleet import pki
-from certfleet.fsutil import atomic_write
 from certfleet.contracts import DeployBundle
+from certfleet.fsutil import atomic_write
 from certfleet.models import Receipt
 
 BACKUP_SUFFIX = ".certfleet-previous"

@@ -26,8 +26,8 @@ from datetime import datetime, timezone
 from typing import Literal
 
 from botocore.exceptions import ClientError
-from pydantic import Field, model_validator
 from prefect.blocks.core import Block
+from pydantic import Field, model_validator
 
 from blocks.aws import AwsCredentials, aws_errors, error_code
 from blocks.targets.file import TargetError

@@ -14,10 +14,8 @@ zone files are never rewritten under us.
 from __future__ import annotations
 
 import base64
-import os
 import secrets
 import shutil
-import signal
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -30,6 +28,7 @@ import dns.rcode
 import dns.rdatatype
 
 from certfleet.devstack.ports import free_port
+from certfleet.devstack.process import stop_process
 
 KNOTD = shutil.which("knotd") or "/usr/sbin/knotd"
 START_TIMEOUT = 10.0
@@ -61,14 +60,7 @@ class Knot:
 
     def stop(self, timeout: float = 5.0) -> None:
         """Terminate by PID (never by name: other knotd may run on the host)."""
-        if self.process.poll() is not None:
-            return
-        os.kill(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.kill(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout)
+        stop_process(self.process, timeout)
 
     def __enter__(self) -> Knot:
         return self

@@ -11,12 +11,13 @@ stopped by its own PID and never leaks into the next test.
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from certfleet.devstack.process import stop_process
 
 NGINX_BIN = "/usr/sbin/nginx"
 _RELOAD_MARK = "(SIGHUP) received"  # "signal 1 (SIGHUP) received from 123, reconfiguring"
@@ -151,14 +152,7 @@ class Nginx:
 
     def stop(self, timeout: float = 10.0) -> None:
         """Fast shutdown (SIGTERM) of our master by PID; SIGKILL if it hangs."""
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout)
+        stop_process(self.process, timeout)
 
     def __enter__(self) -> "Nginx":
         return self

@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from certfleet.devstack.ports import free_port
+from certfleet.devstack.process import stop_process
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +85,7 @@ class Pebble:
     def stop(self) -> None:
         """Stop both processes by PID and wait for them; safe to call twice."""
         for proc in reversed(self._procs):
-            _stop_process(proc)
+            stop_process(proc)
         self._procs.clear()
 
     def __enter__(self) -> "Pebble":
@@ -137,7 +138,7 @@ def start_pebble(
         _wait_directory(pebble, procs[1], timeout)
     except BaseException:
         for proc in reversed(procs):
-            _stop_process(proc)
+            stop_process(proc)
         raise
     log.info("pebble up: %s (dns 127.0.0.1:%d)", pebble.directory_url, dns_port)
     return pebble
@@ -273,18 +274,6 @@ def _check_alive(proc: subprocess.Popen, log_path: Path) -> None:
     if proc.poll() is not None:
         name = Path(proc.args[0]).name
         raise RuntimeError(f"{name} exited with {proc.returncode}:\n{_tail(log_path)}")
-
-
-def _stop_process(proc: subprocess.Popen) -> None:
-    """Terminate by PID, wait, and kill only if it will not go."""
-    if proc.poll() is not None:
-        return
-    proc.terminate()
-    try:
-        proc.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=5)
 
 
 def _tail(path: Path, lines: int = 30) -> str:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import pwd
-import signal
 import socket
 import subprocess
 import time
@@ -27,6 +26,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from certfleet.devstack.ports import free_port
+from certfleet.devstack.process import stop_process
 
 SSHD = "/usr/sbin/sshd"
 PRIVSEP_DIR = Path("/run/sshd")
@@ -66,14 +66,7 @@ class Sshd:
 
     def stop(self, timeout: float = 5.0) -> None:
         """Terminate by PID (never by name: the host may run its own sshd)."""
-        if self.process.poll() is not None:
-            return
-        os.kill(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.kill(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout)
+        stop_process(self.process, timeout)
 
     def __enter__(self) -> Sshd:
         return self
