@@ -28,12 +28,13 @@ import re
 from collections.abc import Callable, Iterator
 
 import urllib3
-from kubernetes import client, config
+from kubernetes import client
 from kubernetes.client.rest import ApiException
 from kubernetes.config.config_exception import ConfigException
 from prefect.blocks.core import Block
 from pydantic import Field, field_validator, model_validator
 
+from blocks.k8s import api_client
 from blocks.targets.kubernetes import _reason, _status_message
 from certfleet import pki
 from certfleet.fleet import Discovered
@@ -87,12 +88,7 @@ class KubernetesDiscovery(Block):
     def get_client(self) -> client.ApiClient:
         """An ApiClient configured as for any real cluster: kubeconfig (+ context) or in-cluster."""
         try:
-            if self.in_cluster:
-                cfg = client.Configuration()
-                config.load_incluster_config(client_configuration=cfg)
-                return client.ApiClient(cfg)
-            return config.new_client_from_config(config_file=self.kubeconfig_path, context=self.context,
-                                                 persist_config=False)  # never rewrite the user's kubeconfig
+            return api_client(self.in_cluster, self.kubeconfig_path, self.context)
         except (ConfigException, OSError) as exc:
             source = "in-cluster service account" if self.in_cluster else f"kubeconfig {self.kubeconfig_path or '(default)'}"
             raise KubernetesDiscoveryError(f"{self._label()}: cannot load {source}: {exc}") from None

@@ -27,10 +27,9 @@ import dns.rdtypes.ANY.TXT
 import dns.tsig
 import dns.update
 from prefect.blocks.core import Block
-from prefect.exceptions import MissingContextError
-from prefect.logging import get_logger, get_run_logger
 from pydantic import Field, SecretStr, field_validator
 
+from blocks.logs import block_logger
 from certfleet.dns_check import (
     PropagationTimeout,
     ZoneNotFound,
@@ -230,11 +229,7 @@ class Rfc2136Solver(Block):
         return self._label() + ":"
 
     def _logger(self):
-        """Run logger inside a flow/task (shows in the UI), module logger otherwise."""
-        try:
-            return get_run_logger()
-        except MissingContextError:
-            return get_logger("certfleet.solvers.rfc2136")
+        return block_logger("certfleet.solvers.rfc2136")
 
 
 def challenge_name(domain: str) -> str:

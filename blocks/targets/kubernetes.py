@@ -27,14 +27,14 @@ from datetime import datetime, timezone
 from typing import Any
 
 import urllib3
-from kubernetes import client, config
+from kubernetes import client
 from kubernetes.client.rest import ApiException
 from kubernetes.config.config_exception import ConfigException
 from prefect.blocks.core import Block
-from prefect.exceptions import MissingContextError
-from prefect.logging import get_logger, get_run_logger
 from pydantic import Field, field_validator, model_validator
 
+from blocks.k8s import api_client
+from blocks.logs import block_logger
 from blocks.targets.file import TargetError
 from certfleet import pki
 from certfleet.contracts import DeployBundle
@@ -103,12 +103,7 @@ class KubernetesSecretTarget(Block):
     def get_client(self) -> client.ApiClient:
         """An ApiClient configured as for any real cluster: kubeconfig (+ context) or in-cluster."""
         try:
-            if self.in_cluster:
-                cfg = client.Configuration()
-                config.load_incluster_config(client_configuration=cfg)
-                return client.ApiClient(cfg)
-            return config.new_client_from_config(config_file=self.kubeconfig_path, context=self.context,
-                                                 persist_config=False)  # never rewrite the user's kubeconfig
+            return api_client(self.in_cluster, self.kubeconfig_path, self.context)
         except (ConfigException, OSError) as exc:
             source = "in-cluster service account" if self.in_cluster else f"kubeconfig {self.kubeconfig_path or '(default)'}"
             raise KubernetesTargetError(f"kubernetes target '{self.secret_name}': cannot load {source}: {exc}") from None
@@ -257,11 +252,7 @@ class KubernetesSecretTarget(Block):
         return f"kubernetes target '{where}/{self.secret_name}'"
 
     def _logger(self):
-        """Run logger inside a flow/task (shows in the UI), module logger otherwise."""
-        try:
-            return get_run_logger()
-        except MissingContextError:
-            return get_logger("certfleet.targets.kubernetes")
+        return block_logger("certfleet.targets.kubernetes")
 
 
 def _tls_data(secret: dict | None) -> dict[str, bytes]:

@@ -23,10 +23,9 @@ from pathlib import Path
 
 import paramiko
 from prefect.blocks.core import Block
-from prefect.exceptions import MissingContextError
-from prefect.logging import get_logger, get_run_logger
 from pydantic import Field, SecretStr, model_validator
 
+from blocks.logs import block_logger
 from blocks.targets.file import TargetError
 from certfleet import pki
 from certfleet.contracts import DeployBundle
@@ -219,11 +218,7 @@ class SshTarget(Block):
         return self._label() + ":"
 
     def _logger(self):
-        """Run logger inside a flow/task (shows in the UI), module logger otherwise."""
-        try:
-            return get_run_logger()
-        except MissingContextError:
-            return get_logger("certfleet.targets.ssh")
+        return block_logger("certfleet.targets.ssh")
 
 
 def _read_or_none(sftp: paramiko.SFTPClient, path: str) -> bytes | None:

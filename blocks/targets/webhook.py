@@ -31,10 +31,9 @@ from urllib.parse import urlsplit
 
 import httpx
 from prefect.blocks.core import Block
-from prefect.exceptions import MissingContextError
-from prefect.logging import get_logger, get_run_logger
 from pydantic import Field, SecretStr, field_validator
 
+from blocks.logs import block_logger
 from blocks.targets.file import TargetError
 from certfleet import pki
 from certfleet.contracts import DeployBundle
@@ -156,11 +155,7 @@ class WebhookTarget(Block):
         return self._label() + ":"
 
     def _logger(self):
-        """Run logger inside a flow/task (shows in the UI), module logger otherwise."""
-        try:
-            return get_run_logger()
-        except MissingContextError:
-            return get_logger("certfleet.targets.webhook")
+        return block_logger("certfleet.targets.webhook")
 
 
 def _normal_serial(value) -> str | None:
