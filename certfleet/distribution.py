@@ -46,13 +46,17 @@ def deploy(certificate: str, serial: str, target_name: str, target: Target, stor
                    detail=f"replaced {held or 'nothing'}; {receipt.detail}", at=receipt.at)
 
 
-def load_roots(path) -> list:
-    """Trust roots from a PEM file (``None`` → no roots)."""
+def load_roots(path) -> list | None:
+    """Trust roots from a PEM file; ``None`` (no trust bundle configured) means this
+    machine's default trust store, which is what browsers and clients use for public CAs."""
     if path is None:
-        return []
+        return None
     from pathlib import Path
 
-    return pki.load_certs(Path(path).read_bytes())
+    roots = pki.load_certs(Path(path).read_bytes())
+    if not roots:
+        raise pki.PemError(f"trust bundle {path}: no certificate in it")
+    return roots
 
 
 class RolloutError(RuntimeError):

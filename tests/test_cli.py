@@ -1,0 +1,195 @@
+"""The ``certfleet`` command as a user (or cron) meets it: exit codes, messages, files.
+
+Run in-process through ``main([...])``; stdout/stderr captured by pytest. Only the
+flow-running test needs Prefect (the session harness); ``status`` needs only nginx.
+"""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from certfleet.cli import main
+from certfleet.store import LocalStore
+
+
+def write_inventory(tmp_path: Path, local_ca, certificates: str, extra: str = "") -> Path:
+    (tmp_path / "roots.pem").write_bytes(local_ca.root_pem)
+    inv = tmp_path / "inventory.yaml"
+    inv.write_text(textwrap.dedent("""\
+        store: {path: store}
+        trust_bundle: roots.pem
+        issuers:
+          internal: {kind: local-ca, directory: %s}
+        """) % local_ca.directory + extra + "certificates:\n" + textwrap.indent(textwrap.dedent(certificates), "  "))
+    return inv
+
+
+# -- usage --------------------------------------------------------------------------
+
+def test_help_and_usage_errors(capsys):
+    assert main(["--help"]) == 0
+    assert "Exit codes" in capsys.readouterr().out
+    assert main(["import", "--help"]) == 0
+    assert "--from-endpoint" in capsys.readouterr().out
+    assert main(["no-such-command"]) == 2
+    assert "invalid choice" in capsys.readouterr().err
+    # Rotation is refused unless asked for in so many words; nothing is read or run.
+    assert main(["rotate", "shop", "-i", "does-not-exist.yaml"]) == 2
+    assert "--emergency" in capsys.readouterr().err
+
+
+def test_validate_names_file_path_and_field(tmp_path, capsys):
+    bad = tmp_path / "inventory.yaml"
+    bad.write_text("issuers: {ca: {kind: local-ca, directory: ca}}\n"
+                   "certificates:\n  - {name: shop, domains: ['exa mple.com'], issuer: ca}\n")
+    assert main(["validate", "-i", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "inventory.yaml: certificates[0].domains[0]: 'exa mple.com' is not a valid DNS name" in err
+    assert main(["validate", "-i", str(tmp_path / "missing.yaml")]) == 2
+    assert "cannot read inventory" in capsys.readouterr().err
+
+
+def test_init_writes_a_valid_inventory_and_never_overwrites(tmp_path, capsys):
+    target = tmp_path / "fleet"
+    assert main(["init", str(target)]) == 0
+    path = target / "inventory.yaml"
+    text = path.read_text()
+    assert "kind: local-ca" in text and text.count("#") > 10  # commented, to be read
+    assert main(["validate", "-i", str(path)]) == 0
+    path.write_text(text + "# edited by hand\n")
+    assert main(["init", str(target)]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert path.read_text().endswith("# edited by hand\n")
+
+
+# -- import -------------------------------------------------------------------------
+
+@pytest.fixture
+def adoptable(tmp_path, local_ca, tls_files):
+    inv = write_inventory(tmp_path, local_ca, """\
+        - {name: shop, domains: [shop.test, www.shop.test], issuer: internal}
+        """)
+    return inv, LocalStore(tmp_path / "store")
+
+
+def test_import_adopts_a_matching_pair(adoptable, tls_files, capsys):
+    inv, store = adoptable
+    live = tls_files("shop", ["shop.test", "www.shop.test"])
+    rc = main(["import", "-i", str(inv), "--name", "shop", "--cert", str(live.cert_path), "--key", str(live.key_path), "--json"])
+    assert rc == 0, capsys.readouterr().err
+    assert json.loads(capsys.readouterr().out)["imported"][0]["serial"] == live.serial
+    assert store.current("shop").serial == live.serial
+    assert store.load_key("shop", live.serial) == live.key_path.read_bytes()
+
+
+def test_import_refuses_a_key_of_another_certificate(adoptable, tls_files, capsys):
+    inv, store = adoptable
+    live, other = tls_files("shop", ["shop.test", "www.shop.test"]), tls_files("other", ["shop.test", "www.shop.test"])
+    rc = main(["import", "-i", str(inv), "--name", "shop", "--cert", str(live.cert_path), "--key", str(other.key_path)])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "does not match certificate" in err and live.serial in err and "nothing written" in err
+    assert store.current("shop") is None and store.versions("shop") == []
+
+
+def test_import_refuses_a_certificate_that_does_not_cover_the_inventory_names(adoptable, tls_files, capsys):
+    inv, store = adoptable
+    narrow = tls_files("shop", ["shop.test"])
+    rc = main(["import", "-i", str(inv), "--name", "shop", "--cert", str(narrow.cert_path), "--key", str(narrow.key_path)])
+    assert rc == 2
+    assert "does not cover www.shop.test" in capsys.readouterr().err
+    assert store.versions("shop") == []
+    # A name the inventory does not know, and the impossible --from-endpoint: both 2.
+    assert main(["import", "-i", str(inv), "--name", "nope", "--cert", str(narrow.cert_path), "--key", str(narrow.key_path)]) == 2
+    assert "no certificate named 'nope'" in capsys.readouterr().err
+    assert main(["import", "-i", str(inv), "--from-endpoint", "shop.test:443"]) == 2
+    assert "never its private key" in capsys.readouterr().err
+
+
+# -- status against real nginx --------------------------------------------------------
+
+@pytest.mark.services
+def test_status_json_shows_served_serials_and_exits_1_on_drift(tmp_path, local_ca, tls_files, nginx_factory, capsys):
+    from certfleet.devstack.nginx import Vhost
+    from certfleet.devstack.ports import free_port
+
+    store = LocalStore(tmp_path / "store")
+    good = tls_files("good", ["good.shop.test"])
+    issued_b, served_a = tls_files("b", ["drift.shop.test"]), tls_files("a", ["drift.shop.test"])
+    store.put("good", good.fullchain_pem, good.key_path.read_bytes())
+    store.put("drift", issued_b.fullchain_pem, issued_b.key_path.read_bytes())  # B issued ...
+    port = free_port()
+    nginx_factory([Vhost("good", ["good.shop.test"], port, good.cert_path, good.key_path, default_server=True),
+                   Vhost("drift", ["drift.shop.test"], port, served_a.cert_path, served_a.key_path)])  # ... A served
+    inv = write_inventory(tmp_path, local_ca, f"""\
+        - {{name: good, domains: [good.shop.test], issuer: internal, endpoints: ["127.0.0.1:{port}"]}}
+        - {{name: drift, domains: [drift.shop.test], issuer: internal, endpoints: ["127.0.0.1:{port}"]}}
+        """)
+
+    assert main(["status", "-i", str(inv), "--json"]) == 1
+    out = json.loads(capsys.readouterr().out)
+    rows = {r["certificate"]: r for r in out["rows"]}
+    assert rows["drift"]["status"] == "DRIFT" and rows["drift"]["serving"] == served_a.serial
+    assert rows["drift"]["issued"] == issued_b.serial and issued_b.serial in rows["drift"]["reason"]
+    assert rows["good"]["status"] == "OK" and rows["good"]["serving"] == good.serial
+    assert out["ok"] is False
+
+    assert main(["status", "good", "-i", str(inv), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["ok"] is True
+    assert main(["status", "good", "-i", str(inv)]) == 0  # the table, for people
+    table = capsys.readouterr().out
+    assert "good.shop.test@127.0.0.1" in table and "\033[" not in table  # no colour into a pipe
+
+
+# -- a flow command, with Prefect -----------------------------------------------------
+
+@pytest.mark.services
+def test_renew_issues_once_then_nothing(prefect_harness, tmp_path, local_ca, capsys):
+    inv = write_inventory(tmp_path, local_ca, """\
+        - {name: internal-api, domains: [api.internal.test], issuer: internal}
+        """)
+    assert main(["renew", "internal-api", "-i", str(inv), "--json"]) == 0
+    first = json.loads(capsys.readouterr().out)
+    serial = LocalStore(tmp_path / "store").current("internal-api").serial
+    assert first["state"] == "COMPLETED" and first["data"]["issued"] == {"internal-api": serial}
+
+    assert main(["renew", "internal-api", "-i", str(inv), "--json"]) == 0
+    second = json.loads(capsys.readouterr().out)
+    assert second["data"]["issued"] == {} and second["data"]["serials"] == {"internal-api": serial}
+    assert [v.serial for v in LocalStore(tmp_path / "store").versions("internal-api")] == [serial]
+    # An unknown name is bad input: exit 2 before any flow runs.
+    assert main(["renew", "nope", "-i", str(inv)]) == 2
+    assert "no certificate named 'nope'" in capsys.readouterr().err
+
+
+def test_every_block_kind_is_registered():
+    from blocks import registry
+    from certfleet.cli import block_classes
+
+    classes = block_classes()
+    for kinds in (registry._issuer_kinds(), registry._solver_kinds(), registry._target_kinds(), registry._discovery_kinds()):
+        assert set(kinds.values()) <= set(classes)
+    slugs = [c.get_block_type_slug() for c in classes]
+    assert len(set(slugs)) == len(slugs) and {"certfleet-s3-store", "certfleet-aws-credentials",
+                                               "certfleet-secrets-manager-store", "certfleet-slack-notifier"} <= set(slugs)
+
+
+@pytest.mark.services
+def test_register_blocks(prefect_harness, monkeypatch, capsys):
+    """Registration itself, on two kinds (each costs ~0.5 s; all of them is ~25)."""
+    from prefect.client.orchestration import get_client
+
+    from blocks.stores.s3 import S3Store
+    from blocks.targets.file import FileTarget
+    from certfleet import cli
+
+    monkeypatch.setattr(cli, "block_classes", lambda: [FileTarget, S3Store])
+    assert main(["init", "--register-blocks"]) == 0
+    assert "certfleet-file-target" in capsys.readouterr().out
+    with get_client(sync_client=True) as client:
+        assert client.read_block_type_by_slug("certfleet-file-target").name == "certfleet file target"
+        assert client.read_block_type_by_slug("certfleet-aws-credentials")  # nested in S3Store
