@@ -4,7 +4,7 @@
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
-APT_PACKAGES := pebble nginx-light knot knot-dnsutils openssh-server ca-certificates
+APT_PACKAGES := pebble nginx-light knot knot-dnsutils openssh-server ca-certificates chromium
 STAMP := $(VENV)/.installed
 
 .PHONY: help setup system-packages demo test test-fast bench clean
@@ -12,7 +12,7 @@ STAMP := $(VENV)/.installed
 help:  ## show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
 
-system-packages:  ## Debian packages: Pebble, nginx, Knot, sshd (skipped when present)
+system-packages:  ## Debian packages: Pebble, nginx, Knot, sshd, Chromium (skipped when present)
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
