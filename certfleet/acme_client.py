@@ -24,12 +24,13 @@ from typing import Any, Callable, TypeVar
 
 import josepy as jose
 import requests
-from acme import challenges, errors, messages
+from acme import challenges, crypto_util, errors, messages
 from acme.client import ClientNetwork, ClientV2
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from certfleet import ari
 from certfleet.challenges import DNS01, HttpSolver, describe, supported_types
 from certfleet.contracts import DnsSolver, IssuanceRequest, Issued
 
@@ -40,6 +41,16 @@ T = TypeVar("T")
 # Problem types worth trying again: the CA said "not now", not "no".
 _TRANSIENT_PROBLEMS = {"badNonce", "serverInternal", "rateLimited"}
 _PENDING = {"pending", "processing"}
+
+
+class _NewOrder(messages.NewOrder):
+    """newOrder with RFC 9773's ``replaces``: the certID of the certificate being renewed.
+
+    ``acme``'s ``NewOrder`` has no such field; an ARI-aware CA uses it to exempt the
+    renewal from rate limits and to know the old certificate may be revoked/retired.
+    """
+
+    replaces: str | None = jose.field("replaces", omitempty=True)
 
 
 class AcmeError(Exception):
@@ -149,13 +160,19 @@ class _Network(ClientNetwork):
         self.nonce_attempts = nonce_attempts
         self.last_status: int | None = None
         self.last_retry_after: str | None = None
+        self.last_problem: dict | None = None  # problem document of the last error reply
         self.nonce_retries = 0  # how often the CA rejected a nonce (observability, tests)
 
     def _send_request(self, method: str, url: str, *args: Any, **kwargs: Any) -> requests.Response:
-        self.last_status, self.last_retry_after = None, None
+        self.last_status, self.last_retry_after, self.last_problem = None, None, None
         response = super()._send_request(method, url, *args, **kwargs)
         self.last_status = response.status_code
         self.last_retry_after = response.headers.get("Retry-After")
+        if not response.ok and "problem+json" in response.headers.get("Content-Type", ""):
+            try:  # kept because acme turns a 409 into a ConflictError without the problem
+                self.last_problem = response.json()
+            except ValueError:
+                pass
         if not response.ok and self.REPLAY_NONCE_HEADER in response.headers:
             self._add_nonce(response)  # error replies carry a fresh nonce: saves a HEAD
         return response
@@ -281,7 +298,7 @@ class AcmeClient:
         types = self._solver_types(solver)
         self.register_or_fetch()
         client = self._client()
-        order = self._call("new order", lambda: client.new_order(request.csr_pem))
+        order = self._new_order(client, request)
         log.info("acme: order %s for %s (%s)", order.uri, request.name, ", ".join(request.domains))
         try:
             fullchain = self._authorize_and_finalize(client, order, solver, types)
@@ -290,6 +307,43 @@ class AcmeClient:
             raise
         log.info("acme: issued %s (order %s)", request.name, order.uri)
         return Issued(fullchain_pem=fullchain.encode(), issuer_name=self.directory_url, detail=f"order {order.uri}")
+
+    def _new_order(self, client: ClientV2, request: IssuanceRequest) -> messages.OrderResource:
+        """Place the order, with ``replaces`` when asked for and the CA offers ARI.
+
+        A CA that refuses the ``replaces`` (already replaced by another order, or a
+        certID it does not know for this account) gets the order once more without it:
+        the renewal matters more than the hint.
+        """
+        replaces = request.replaces if request.replaces and self.offers_ari() else None
+        if replaces is None:
+            return self._call("new order", lambda: self._place_order(client, request.csr_pem, None))
+        try:
+            return self._call("new order", lambda: self._place_order(client, request.csr_pem, replaces))
+        except AcmeError as exc:
+            if not _refuses_replaces(exc):
+                raise
+            log.warning("acme: the CA refused replaces=%s for %s (%s); ordering again without it",
+                        replaces, request.name, exc)
+        return self._call("new order", lambda: self._place_order(client, request.csr_pem, None))
+
+    def _place_order(self, client: ClientV2, csr_pem: bytes, replaces: str | None) -> messages.OrderResource:
+        """``ClientV2.new_order`` with the optional ``replaces`` field."""
+        csr = x509.load_pem_x509_csr(csr_pem)
+        dns_names, ips = crypto_util.get_identifiers_from_x509(csr.subject, csr.extensions)
+        identifiers = [messages.Identifier(typ=messages.IDENTIFIER_FQDN, value=n) for n in dns_names]
+        identifiers += [messages.Identifier(typ=messages.IDENTIFIER_IP, value=str(ip)) for ip in ips]
+        if replaces:
+            log.info("acme: new order replaces %s", replaces)
+        response = self._post(client, client.directory["newOrder"], _NewOrder(identifiers=identifiers, replaces=replaces))
+        body = messages.Order.from_json(response.json())
+        authorizations = [
+            messages.AuthorizationResource(
+                body=messages.Authorization.from_json(self._post_as_get(client, url).json()), uri=url)
+            for url in body.authorizations
+        ]
+        return messages.OrderResource(body=body, uri=response.headers.get("Location"),
+                                      authorizations=authorizations, csr_pem=csr_pem)
 
     def _authorize_and_finalize(self, client: ClientV2, order, solver, types: list[str]) -> str:
         """Publish, validate, always clean up, then finalize: the part of an order after its creation."""
@@ -499,6 +553,28 @@ class AcmeClient:
                 raise
             log.info("acme: serial %s was already revoked", serial)
 
+    # ---- renewal information (RFC 9773) --------------------------------------------
+
+    def offers_ari(self) -> bool:
+        """Whether the CA's directory has a ``renewalInfo`` endpoint."""
+        return bool(self.directory().to_partial_json().get("renewalInfo"))
+
+    def renewal_window(self, cert_pem: bytes) -> ari.AriWindow | None:
+        """The CA's suggested renewal window for ``cert_pem`` (leaf first), with its
+        Retry-After hint; ``None`` when the CA offers no ARI. Unauthenticated GET,
+        transient failures retried like every other step."""
+        directory = self.directory().to_partial_json()
+        try:
+            return ari.fetch_window(directory, cert_pem,
+                                    lambda url: self._call("renewal info", lambda: self._net.get(url)))
+        except ari.AriError as exc:
+            raise AcmeError(f"renewal info at {self.directory_url}: {exc}", transient=False) from None
+
+    def renewal_info(self, cert_pem: bytes) -> tuple[dt.datetime, dt.datetime] | None:
+        """``(start, end)`` of the suggested window, ``None`` without ARI (RenewalInfoProvider)."""
+        window = self.renewal_window(cert_pem)
+        return (window.start, window.end) if window else None
+
     # ---- plumbing ------------------------------------------------------------------
 
     def directory(self) -> messages.Directory:
@@ -549,6 +625,12 @@ class AcmeClient:
                 detail=exc.detail,
                 retry_after=retry_after if code == "rateLimited" or status in (429, 503) else None,
             )
+        if isinstance(exc, errors.ConflictError) and self._net.last_problem:
+            problem = self._net.last_problem  # 409: acme dropped the problem document, we kept it
+            code = str(problem.get("type", "")).rsplit(":", 1)[-1] or None
+            detail = problem.get("detail")
+            return AcmeError(f"{where}: {code}: {detail}" if detail else f"{where}: {code}",
+                             transient=False, problem_type=code, detail=detail)
         if isinstance(exc, requests.RequestException):
             return AcmeError(f"{where}: cannot reach the CA ({type(exc).__name__})", transient=True)
         if isinstance(exc, (errors.MissingNonce, errors.BadNonce)):
@@ -556,6 +638,14 @@ class AcmeClient:
         if isinstance(exc, errors.ClientError) and status is not None and (status >= 500 or status == 429):
             return AcmeError(f"{where}: HTTP {status} from the CA", transient=True, retry_after=retry_after)
         return AcmeError(f"{where}: {type(exc).__name__}: {exc}", transient=False)
+
+
+def _refuses_replaces(exc: AcmeError) -> bool:
+    """The CA said no to ``replaces`` (RFC 9773 §5): alreadyReplaced, or malformed about it."""
+    code = (exc.problem_type or "").rsplit(":", 1)[-1]
+    if code == "alreadyReplaced":
+        return True
+    return code == "malformed" and "replace" in (exc.detail or str(exc)).lower()
 
 
 def _describe(problem: messages.Error) -> str:

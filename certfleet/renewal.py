@@ -3,6 +3,12 @@
 certmagic's habit: after taking the lock, re-read the store — another run (another
 worker, another schedule) may have renewed while we waited, and then there is nothing
 to do. The issuer only ever sees a CSR; the key goes from here to the store.
+
+With an issuer that offers renewal information (RFC 9773, ``RenewalInfoProvider``) the
+CA's window decides the timing: fetched before the lock, a time picked inside it and
+persisted (``ari-chosen.json`` beside the certificate), and the new order names the
+certificate it ``replaces``. ARI is advice: any failure to get it falls back to the
+1/3-lifetime rule and never fails the run.
 """
 
 from __future__ import annotations
@@ -10,9 +16,10 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from pathlib import Path
 
-from certfleet import keys, pki, policy
-from certfleet.contracts import IssuanceRequest, Issuer
+from certfleet import ari, keys, pki, policy
+from certfleet.contracts import IssuanceRequest, Issuer, RenewalInfoProvider
 from certfleet.inventory import CertificateSpec
 from certfleet.store import LocalStore
 
@@ -35,30 +42,108 @@ class RenewalOutcome:
     previous_serial: str | None = None
 
 
-def decide(spec: CertificateSpec, store: LocalStore, now: datetime | None = None):
-    """``needs_reissue`` for ``spec`` against what the store holds now."""
+def decide(spec: CertificateSpec, store: LocalStore, now: datetime | None = None,
+           ari: policy.AriWindow | None = None, chosen: datetime | None = None):
+    """``needs_reissue`` for ``spec`` against what the store holds now (ARI window first)."""
     cur = store.current(spec.name)
     return policy.needs_reissue(policy.ReissueInput(
         domains=tuple(spec.domains), key_type=str(spec.key_type),
-        stored=cur.info if cur else None, now=now or datetime.now(timezone.utc)))
+        stored=cur.info if cur else None, now=now or datetime.now(timezone.utc),
+        ari=ari, chosen=chosen))
+
+
+CHOSEN_FILE = "ari-chosen.json"
+
+
+@dataclass(frozen=True)
+class AriTiming:
+    """The CA's window for one stored serial and the time chosen in it (both None: no ARI)."""
+
+    serial: str
+    window: policy.AriWindow | None = None
+    chosen: datetime | None = None
+
+
+def chosen_path(store_root: str | Path, name: str) -> Path:
+    """Where the chosen renewal times of certificate ``name`` are kept."""
+    return Path(store_root) / name / CHOSEN_FILE
+
+
+def ari_timing(spec: CertificateSpec, store: LocalStore, issuer: Issuer,
+               chosen_at: Path | None) -> AriTiming | None:
+    """Ask the issuer for the current version's window and pick/persist a time in it.
+
+    ``None`` when there is nothing stored yet. Any failure (CA down, no AKI, a garbled
+    window, an unwritable file) is logged and yields no window: the 1/3 rule applies.
+    """
+    cur = store.current(spec.name)
+    if cur is None:
+        return None
+    if not isinstance(issuer, RenewalInfoProvider):
+        return AriTiming(cur.serial)
+    try:
+        got = issuer.renewal_info(_leaf_pem(store.load_fullchain(spec.name, cur.serial)))
+        if got is None:
+            log.info("certificate '%s': the issuer offers no renewal information; 1/3-lifetime rule", spec.name)
+            return AriTiming(cur.serial)
+        start, end = (t if t.tzinfo else t.replace(tzinfo=timezone.utc) for t in got)
+        if end <= start:
+            raise ari.AriError(f"window ends ({end.isoformat()}) before it starts ({start.isoformat()})")
+        window = policy.AriWindow(start, end)
+        chosen = ari.ChosenTimes(chosen_at).choose(cur.serial, window) if chosen_at else None
+    except Exception as exc:  # noqa: BLE001 - ARI is advice; never fail a renewal for it
+        log.warning("certificate '%s': no renewal information for serial %s (%s); using the 1/3-lifetime rule",
+                    spec.name, cur.serial, exc)
+        return AriTiming(cur.serial)
+    log.info("certificate '%s': CA suggests renewing serial %s between %s and %s; chosen %s", spec.name,
+             cur.serial, window.start.isoformat(), window.end.isoformat(), chosen.isoformat() if chosen else "-")
+    return AriTiming(cur.serial, window, chosen)
 
 
 def renew(spec: CertificateSpec, store: LocalStore, issuer: Issuer, *, issuer_name: str,
-          force: bool = False, lock_timeout: float = 600.0, ledger=None) -> RenewalOutcome:
-    """Issue a new version of ``spec`` if (and only if) it is needed, under the lock."""
+          force: bool = False, lock_timeout: float = 600.0, ledger=None,
+          chosen_at: Path | None = None) -> RenewalOutcome:
+    """Issue a new version of ``spec`` if (and only if) it is needed, under the lock.
+
+    ``chosen_at`` is the file the ARI choice is kept in; by default ``ari-chosen.json``
+    in the certificate's directory of a local store (none for other stores).
+    """
+    if chosen_at is None and isinstance(getattr(store, "root", None), Path):
+        chosen_at = chosen_path(store.root, spec.name)  # type: ignore[attr-defined]
+    timing = ari_timing(spec, store, issuer, chosen_at)  # network: before the lock
     with store.lock(spec.name, timeout=lock_timeout):
-        check = decide(spec, store)  # look again: someone may have renewed meanwhile
-        cur = store.current(spec.name)
+        cur = store.current(spec.name)  # look again: someone may have renewed meanwhile
+        # The window belongs to the serial it was fetched for, not to a newer one.
+        same = timing is not None and cur is not None and timing.serial == cur.serial
+        check = decide(spec, store, ari=timing.window if same else None,  # type: ignore[union-attr]
+                       chosen=timing.chosen if same else None)  # type: ignore[union-attr]
         if check.ok and not force:
             log.info("certificate '%s': %s; nothing to issue", spec.name, check.message)
             return RenewalOutcome(spec.name, cur.serial, False, check.reason, check.message, cur.serial)  # type: ignore[union-attr]
         version = issue_version(spec, store, issuer, issuer_name=issuer_name, why=check.reason,
-                                new_key=not spec.reuse_key, ledger=ledger)
+                                new_key=not spec.reuse_key, ledger=ledger,
+                                replaces=_replaces(spec, store, cur))
         return RenewalOutcome(spec.name, version.serial, True, check.reason, check.message, cur.serial if cur else None)
 
 
+def _leaf_pem(fullchain_pem: bytes) -> bytes:
+    return pki.to_pem(pki.order_chain(pki.load_certs(fullchain_pem))[:1])
+
+
+def _replaces(spec: CertificateSpec, store: LocalStore, cur) -> str | None:
+    """The ARI certID of the version being renewed (``None``: first issue, or no AKI)."""
+    if cur is None:
+        return None
+    try:
+        return ari.cert_id(_leaf_pem(store.load_fullchain(spec.name, cur.serial)))
+    except Exception as exc:  # noqa: BLE001 - only a hint to the CA
+        log.info("certificate '%s': serial %s has no ARI identifier (%s); not sent as replaces", spec.name, cur.serial, exc)
+        return None
+
+
 def issue_version(spec: CertificateSpec, store: LocalStore, issuer: Issuer, *, issuer_name: str,
-                  why: str, new_key: bool = True, ledger=None, emergency: bool = False):
+                  why: str, new_key: bool = True, ledger=None, emergency: bool = False,
+                  replaces: str | None = None):
     """Issue and store a new version. The caller holds the certificate's lock.
 
     With a rate-limit ``ledger``, the budgets are checked before any order is placed
@@ -75,7 +160,8 @@ def issue_version(spec: CertificateSpec, store: LocalStore, issuer: Issuer, *, i
     csr = keys.make_csr(key, spec.domains)
     log.info("certificate '%s': %s; asking issuer '%s' for %s", spec.name, why, issuer_name, ", ".join(spec.domains))
     try:
-        issued = issuer.issue(IssuanceRequest(name=spec.name, domains=tuple(spec.domains), csr_pem=csr))
+        issued = issuer.issue(IssuanceRequest(name=spec.name, domains=tuple(spec.domains), csr_pem=csr,
+                                              replaces=replaces))
     except Exception as exc:
         failed_identifier = getattr(exc, "identifier", None)
         if ledger is not None and failed_identifier:

@@ -1,4 +1,8 @@
-"""Renewal task: one issuer per certificate, under the store's lock."""
+"""Renewal task: one issuer per certificate, under the store's lock.
+
+The ARI choice (RFC 9773) is kept beside the inventory's local store path whatever the
+store kind: ``<store path>/<name>/ari-chosen.json``.
+"""
 
 from __future__ import annotations
 
@@ -21,7 +25,8 @@ def renew_certificate(inventory_path: str, name: str, force: bool = False) -> re
     issuer = registry.issuer(inv, spec.issuer)
     try:
         return renewal.renew(spec, store_for(inv), issuer, issuer_name=spec.issuer, force=force,
-                             ledger=ledger_for(inv, spec.issuer))
+                             ledger=ledger_for(inv, spec.issuer),
+                             chosen_at=renewal.chosen_path(inv.store_path(), name))
     except ratelimit.BudgetExceeded as exc:
         emit_event(event="certfleet.budget.exhausted",
                    resource={"prefect.resource.id": f"certfleet.certificate.{name}", "certfleet.certificate": name,

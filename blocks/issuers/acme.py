@@ -1,7 +1,7 @@
 """ACME issuer block: where the CA is, which account to use, how to prove control.
 
-Configuration only plus two thin methods; the protocol lives in
-``certfleet.acme_client`` so it can be tested and benchmarked without Prefect.
+Configuration only plus three thin methods (issue, revoke, renewal_info); the protocol
+lives in ``certfleet.acme_client`` so it can be tested and benchmarked without Prefect.
 """
 
 from __future__ import annotations
@@ -101,6 +101,10 @@ class AcmeIssuer(Block):
         """Revoke a certificate issued to this account (RFC 5280 reason code)."""
         log.info("acme issuer '%s': revoking (reason %d)", self.directory_url, reason)
         self._guard(lambda: self._acme().revoke(cert_pem, reason))
+
+    def renewal_info(self, cert_pem: bytes):
+        """The CA's suggested renewal window (RFC 9773) as ``(start, end)``, ``None`` without ARI."""
+        return self._guard(lambda: self._acme().renewal_info(cert_pem))
 
     def _guard(self, fn):
         """Prefix every failure with this issuer; keep ``transient`` so callers can retry."""
