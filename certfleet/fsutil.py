@@ -8,8 +8,11 @@ import tempfile
 from pathlib import Path
 
 
-def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Write ``data`` to a temp file beside ``path`` with ``mode``, fsync, rename over."""
+def atomic_write(path: Path, data: bytes, mode: int = 0o644, *, fsync: bool = True) -> None:
+    """Write ``data`` to a temp file beside ``path`` with ``mode``, fsync, rename over.
+
+    A reader sees the old file or the new one, never half of one; ``fsync=False``
+    keeps that but gives up durability across a power cut, for bookkeeping files."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
@@ -18,7 +21,8 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
-            os.fsync(f.fileno())
+            if fsync:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

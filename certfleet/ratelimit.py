@@ -123,9 +123,24 @@ class Ledger:
         name, certificates per registered domain, certificates per exact name set.
         """
         now = _now(now)
-        names = normalize(names)
         with self._locked():
             events = self._read()
+        self._check(events, normalize(names), now, emergency)
+
+    def reserve_order(self, names: Iterable[str], emergency: bool = False, *, now: datetime | None = None) -> None:
+        """``check`` and ``record_order`` in one locked step: what an issuance does first.
+
+        One lock, one read, one write per order (instead of two of each): twenty
+        renewals at once otherwise queue behind this file.
+        """
+        now = _now(now)
+        with self._locked():
+            events = self._read()
+            self._check(events, normalize(names), now, emergency)
+            events.orders.append(now)
+            self._write(_pruned(events, now - self.limits.longest_window()))
+
+    def _check(self, events: "_Events", names: list[str], now: datetime, emergency: bool) -> None:
         lim = self.limits
         self._require(lim.new_orders, "this account", events.orders, now, emergency)
         for name in sorted({_identifier(n) for n in names}):
@@ -211,7 +226,9 @@ class Ledger:
             "failed": [{"at": at.isoformat(), "identifier": ident} for at, ident in events.failed],
             "orders": [at.isoformat() for at in events.orders],
         }
-        atomic_write(self.path, (json.dumps(data, indent=1) + "\n").encode(), mode=0o600)
+        # No fsync: losing the last event to a power cut can only let one order through
+        # that the CA itself would still refuse; fsyncing every event serialised renewals.
+        atomic_write(self.path, (json.dumps(data, indent=1) + "\n").encode(), mode=0o600, fsync=False)
 
 
 class LedgerError(RuntimeError):

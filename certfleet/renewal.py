@@ -152,8 +152,8 @@ def issue_version(spec: CertificateSpec, store: LocalStore, issuer: Issuer, *, i
     and the names must be covered, or nothing is stored and the current version stays.
     """
     if ledger is not None:
-        ledger.check(spec.domains, emergency=emergency)  # BudgetExceeded: no order placed
-        ledger.record_order()  # every attempt counts: over-counting can only refuse early
+        # BudgetExceeded: no order placed. Every attempt counts: over-counting can only refuse early.
+        ledger.reserve_order(spec.domains, emergency=emergency)
     cur = store.current(spec.name)
     key_pem = _key_for(spec, store, cur, new_key)
     key = pki.load_private_key(key_pem)

@@ -155,3 +155,20 @@ def test_concurrent_writers_lose_no_event(ledger):
     for w in workers:
         w.join(30)
     assert len(json.loads(ledger.path.read_text())["orders"]) == 40
+
+
+def test_reserve_order_checks_and_records_in_one_step(tmp_path):
+    from datetime import datetime, timedelta, timezone
+
+    from certfleet.ratelimit import BudgetExceeded, Ledger, Limit, Limits
+
+    limits = Limits(new_orders=Limit("new orders per account", 3, timedelta(hours=3)))
+    ledger = Ledger(tmp_path / "ledger.json", limits)
+    now = datetime(2026, 11, 1, tzinfo=timezone.utc)
+    ledger.reserve_order(["a.example.com"], now=now)
+    ledger.reserve_order(["b.example.com"], now=now)
+    with pytest.raises(BudgetExceeded, match="new orders per account"):
+        ledger.reserve_order(["c.example.com"], now=now)  # the third is the emergency reserve
+    ledger.reserve_order(["c.example.com"], emergency=True, now=now)
+    with pytest.raises(BudgetExceeded):
+        ledger.reserve_order(["d.example.com"], emergency=True, now=now)
