@@ -2,7 +2,9 @@
 
 One mapped task per target; canary targets first (verified), the rest only if they
 pass. One failing target never stops the others; the run names each that failed, and
-a re-run redoes only those (targets already holding the serial are skipped).
+a re-run redoes only those. Targets already holding the serial, with their endpoints
+serving it, are found by one bulk check and get no rollout task run (they are reported
+as already current); every target that needs a write gets its own task run.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows._futures import settle
 from tasks.common import load_inventory, store_for
-from tasks.distribute import rollout_to_target
+from tasks.distribute import already_current, rollout_to_target
 from tasks.report import publish_table, validate_inventory
 
 
@@ -25,9 +27,10 @@ class DistributeReport:
     unchanged: list[str] = field(default_factory=list)
     failures: dict[str, str] = field(default_factory=dict)  # "cert → target" -> why
     skipped: list[str] = field(default_factory=list)        # held back by a failed canary
+    checked_in_bulk: int = 0  # of `unchanged`: found current by one bulk check, no task run
 
 
-@flow(name="distribute", task_runner=ThreadPoolTaskRunner(max_workers=32))
+@flow(name="distribute", task_runner=ThreadPoolTaskRunner(max_workers=128))
 def distribute(inventory: str = "inventory.yaml", certificates: list[str] | None = None,
                targets: list[str] | None = None, verify_deadline: float = 60.0):
     """Put each certificate's current serial on its targets (or only the named ones).
@@ -55,6 +58,20 @@ def distribute(inventory: str = "inventory.yaml", certificates: list[str] | None
                 continue
             waves[0 if t in spec.canary_targets else 1].append((n, cur.serial, t))
 
+    # Targets already holding the serial (and serving it) get no task run: a re-run with
+    # nothing to do costs one bulk check, not 1,000 task runs.
+    for wave in waves:
+        by_cert: dict[tuple[str, str], list[str]] = {}
+        for n, s, t in wave:
+            by_cert.setdefault((n, s), []).append(t)
+        current = {(n, s, t) for (n, s), ts in by_cert.items()
+                   for t in already_current(inventory, n, s, ts)}
+        for n, s, t in wave:
+            if (n, s, t) in current:
+                report.unchanged.append(f"{n}@{s} → {t}")
+        report.checked_in_bulk += len(current)
+        wave[:] = [w for w in wave if w not in current]
+
     for wave_no, wave in enumerate(waves):
         futures = {(n, s, t): rollout_to_target.submit(inventory, n, s, t, verify_deadline) for n, s, t in wave}
         done, failed = settle(futures)
@@ -74,6 +91,8 @@ def distribute(inventory: str = "inventory.yaml", certificates: list[str] | None
     rows += [{"target": k, "result": "held back (canary failed)"} for k in report.skipped]
     publish_table("distribution-report", rows, "Rollout per target")
     summary = f"deployed {len(report.deployed)}, already current {len(report.unchanged)}"
+    if report.checked_in_bulk:
+        summary += f" ({report.checked_in_bulk} found current by one bulk check, without a task run each)"
     if report.failures or report.skipped:
         detail = "; ".join(f"{k}: {v}" for k, v in report.failures.items())
         return Failed(message=f"{summary}; {len(report.failures)} failed: {detail}" + (f"; held back {len(report.skipped)}" if report.skipped else ""), data=report)

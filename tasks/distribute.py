@@ -31,3 +31,35 @@ def rollout_to_target(inventory_path: str, name: str, serial: str, target: str,
         hostnames=hostnames_for(inv, name), roots=roots_for(inv, name),
         endpoints=inv.certificate(name).endpoint_list(target), verify_deadline=verify_deadline,
         accepted_key_types=getattr(block, "accepted_key_types", None))
+
+
+@task(name="find targets already current", cache_policy=NO_CACHE, persist_result=False)
+def already_current(inventory_path: str, name: str, serial: str, targets: list[str]) -> list[str]:
+    """The targets that hold ``serial`` *and* whose endpoints serve it, checked in bulk.
+
+    A re-run must cost little: for these nothing would be written, so they get no
+    rollout task run (the flow reports them as already current). Anything doubtful — a
+    target that cannot be read, an endpoint that does not verify at the first probe —
+    is left out, and the flow gives it a full rollout task (which retries and explains).
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from certfleet.verification import verify
+
+    inv = load_inventory(inventory_path)
+
+    def holds(target: str) -> bool:
+        try:
+            return registry.target(inv, target).current() == serial
+        except Exception:  # noqa: BLE001 - the rollout task will say what is wrong
+            return False
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        holding = [t for t, ok in zip(targets, pool.map(holds, targets)) if ok]
+    if not holding:
+        return []
+    spec = inv.certificate(name)
+    endpoints = {t: spec.endpoint_list(t) for t in holding}
+    flat = list(dict.fromkeys(e for eps in endpoints.values() for e in eps))
+    served = {v.endpoint: v.ok for v in verify(flat, serial, roots=roots_for(inv, name), deadline=0)} if flat else {}
+    return [t for t in holding if all(served.get(e, False) for e in endpoints[t])]
