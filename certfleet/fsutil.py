@@ -8,7 +8,8 @@ import tempfile
 from pathlib import Path
 
 
-def atomic_write(path: Path, data: bytes, mode: int = 0o644, *, fsync: bool = True) -> None:
+def atomic_write(path: Path, data: bytes, mode: int = 0o644, *, fsync: bool = True,
+                 uid: int | None = None, gid: int | None = None) -> None:
     """Write ``data`` to a temp file beside ``path`` with ``mode``, fsync, rename over.
 
     A reader sees the old file or the new one, never half of one; ``fsync=False``
@@ -18,6 +19,8 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o644, *, fsync: bool = Tr
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         os.fchmod(fd, mode)
+        if uid is not None or gid is not None:
+            os.fchown(fd, -1 if uid is None else uid, -1 if gid is None else gid)  # before the rename: never visible with the wrong owner
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

@@ -17,6 +17,7 @@ import fcntl
 import hashlib
 import os
 import shutil
+import signal
 import stat
 import subprocess
 import tempfile
@@ -25,7 +26,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from prefect.blocks.core import Block
-from pydantic import Field
+from pydantic import Field, SecretStr, model_validator
 
 from certfleet import pki
 from certfleet.contracts import DeployBundle
@@ -51,15 +52,49 @@ class FileTarget(Block):
     key_mode: int = Field(0o600, description="File mode of the key file")
     config_test_command: list[str] | None = Field(None, description="Run before reload, e.g. ['nginx', '-t']; failure restores the previous files")
     reload_command: list[str] | None = Field(None, description="Run after writing, e.g. ['nginx', '-s', 'reload']")
+    reload_signal: str | None = Field(None, description="Instead of a command: send this signal (e.g. 'HUP', 'USR2') to the process in pid_file")
+    pid_file: str | None = Field(None, description="PID file of the server that reload_signal goes to")
+    owner: str | None = Field(None, description="'user' or 'user:group' to own the written files (default: the worker's user)")
+    pkcs12_path: str | None = Field(None, description="Also write key + chain as PKCS#12 here (Java, Windows, appliances)")
+    pkcs12_password: SecretStr | None = Field(None, description="Password of the PKCS#12 file; reference a Secret block ({block: NAME})")
     command_timeout: float = Field(60, description="Seconds a config test or reload may take")
+
+    @model_validator(mode="after")
+    def _one_reload(self) -> "FileTarget":
+        if self.reload_signal and self.reload_command:
+            raise ValueError("give reload_command or reload_signal, not both")
+        if bool(self.reload_signal) != bool(self.pid_file):
+            raise ValueError("reload_signal and pid_file go together")
+        if self.reload_signal and not hasattr(signal, "SIG" + self.reload_signal.upper().removeprefix("SIG")):
+            raise ValueError(f"unknown signal '{self.reload_signal}'")
+        return self
 
     def _label(self) -> str:
         return f"file target '{self.fullchain_path}'"
+
+    def _reload_key(self) -> list[str] | None:
+        """What identifies the server to reload (for its lock and shared reloads)."""
+        if self.reload_signal:
+            return ["signal", self.reload_signal.upper(), str(self.pid_file)]
+        return self.reload_command
+
+    def _reload(self) -> None:
+        if not self.reload_signal:
+            self._run(self.reload_command, "reload")
+            return
+        name = "SIG" + self.reload_signal.upper().removeprefix("SIG")
+        try:
+            pid = int(Path(self.pid_file).read_text().split()[0])  # type: ignore[arg-type]
+            os.kill(pid, getattr(signal, name))
+        except (OSError, ValueError, IndexError) as exc:
+            raise TargetError(f"{self._label()}: cannot send {name} to the process in {self.pid_file}: {exc}; previous files restored") from None
 
     def _paths(self) -> list[tuple[Path, int]]:
         paths = [(Path(self.fullchain_path), self.key_mode if self.combined else self.cert_mode)]
         if self.key_path and not self.combined:
             paths.append((Path(self.key_path), self.key_mode))
+        if self.pkcs12_path:
+            paths.append((Path(self.pkcs12_path), self.key_mode))
         return paths
 
     def current(self) -> str | None:
@@ -74,20 +109,20 @@ class FileTarget(Block):
 
     def deploy(self, bundle: DeployBundle) -> Receipt:
         contents = self._contents(bundle)
-        if not (self.reload_command and self._deploy_coalesced(contents)):
+        if not (self._reload_key() and self._deploy_coalesced(contents)):
             self._deploy_alone(contents)
         return Receipt(target=self.fullchain_path, certificate=bundle.certificate, serial=bundle.serial,
-                       changed=True, detail="written and reloaded" if self.reload_command else "written",
+                       changed=True, detail="written and reloaded" if self._reload_key() else "written",
                        at=datetime.now(timezone.utc))
 
     def _deploy_alone(self, contents: list[bytes]) -> None:
         """Backup, write, config test and reload, all under the server's lock."""
-        with _server_lock(self.reload_command):
+        with _server_lock(self._reload_key()):
             backups = self._backup_or_fail()
             try:
                 self._write(contents)
                 self._run(self.config_test_command, "config test")
-                self._run(self.reload_command, "reload")
+                self._reload()
             except BaseException:
                 self._restore(backups)
                 raise
@@ -106,7 +141,7 @@ class FileTarget(Block):
         redoes its deploy alone — so a target with bad files fails by itself, exactly as
         when every target reloaded on its own.
         """
-        with _server_lock(self.reload_command):
+        with _server_lock(self._reload_key()):
             backups = self._backup_or_fail()
             try:
                 self._write(contents)
@@ -114,8 +149,8 @@ class FileTarget(Block):
             except BaseException:
                 self._restore(backups)
                 raise
-            ticket = _batcher(self.reload_command).ticket(lambda: self._restore(backups))
-        return _batcher(self.reload_command).wait(ticket, lambda: self._run(self.reload_command, "reload"))
+            ticket = _batcher(self._reload_key()).ticket(lambda: self._restore(backups))
+        return _batcher(self._reload_key()).wait(ticket, self._reload)
 
     def _backup_or_fail(self) -> list[tuple[Path, Path | None]]:
         try:
@@ -123,10 +158,25 @@ class FileTarget(Block):
         except OSError as exc:
             raise TargetError(f"{self._label()}: cannot back up the current files: {exc.strerror} ({exc.filename}); nothing written") from None
 
+    def _owner(self) -> tuple[int | None, int | None]:
+        if not self.owner:
+            return None, None
+        import grp
+        import pwd
+
+        user, _, group = self.owner.partition(":")
+        try:
+            pw = pwd.getpwnam(user)
+            gid = grp.getgrnam(group).gr_gid if group else pw.pw_gid
+        except KeyError as exc:
+            raise TargetError(f"{self._label()}: owner '{self.owner}': no such user or group ({exc}); nothing written") from None
+        return pw.pw_uid, gid
+
     def _write(self, contents: list[bytes]) -> None:
+        uid, gid = self._owner()
         for (path, mode), data in zip(self._paths(), contents):
             try:
-                atomic_write(path, data, mode)
+                atomic_write(path, data, mode, uid=uid, gid=gid)
             except OSError as exc:
                 raise TargetError(f"{self._label()}: cannot write {path}: {exc.strerror}; previous files restored") from None
 
@@ -143,18 +193,32 @@ class FileTarget(Block):
         info = pki.describe(previous)
         if info.not_after <= datetime.now(timezone.utc):
             raise TargetError(f"{self._label()}: previous certificate {info.serial} expired at {info.not_after:%Y-%m-%d %H:%M}Z; not rolled back")
-        with _server_lock(self.reload_command):
+        with _server_lock(self._reload_key()):
             for path, mode, backup in pairs:
                 atomic_write(path, backup.read_bytes(), mode)
-            self._run(self.reload_command, "reload")
+            self._reload()
         return self.current()
 
     def _contents(self, bundle: DeployBundle) -> list[bytes]:
         if self.combined:
-            return [bundle.key_pem + bundle.fullchain_pem]
-        if not self.key_path:
+            out = [bundle.key_pem + bundle.fullchain_pem]
+        elif not self.key_path:
             raise TargetError(f"{self._label()}: key_path is required unless combined is true")
-        return [bundle.fullchain_pem, bundle.key_pem]
+        else:
+            out = [bundle.fullchain_pem, bundle.key_pem]
+        if self.pkcs12_path:
+            out.append(self._pkcs12(bundle))
+        return out
+
+    def _pkcs12(self, bundle: DeployBundle) -> bytes:
+        """Key + leaf + intermediates as PKCS#12, encrypted with the password (AES-256)."""
+        from cryptography.hazmat.primitives.serialization import BestAvailableEncryption, NoEncryption, pkcs12
+
+        chain = pki.order_chain(pki.load_certs(bundle.fullchain_pem))
+        password = self.pkcs12_password.get_secret_value().encode() if self.pkcs12_password else None
+        return pkcs12.serialize_key_and_certificates(
+            bundle.certificate.encode(), pki.load_private_key(bundle.key_pem), chain[0], chain[1:] or None,
+            BestAvailableEncryption(password) if password else NoEncryption())
 
     def _backup(self) -> list[tuple[Path, Path | None]]:
         out = []

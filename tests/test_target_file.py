@@ -1,0 +1,89 @@
+"""The file target's options: PKCS#12 with a password, owner, a signal to a PID file."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import subprocess
+import sys
+import time
+
+import pytest
+from cryptography.hazmat.primitives.serialization import pkcs12
+
+from blocks.targets.file import FileTarget, TargetError
+from certfleet import pki
+from certfleet.contracts import DeployBundle
+
+
+@pytest.fixture
+def bundle(local_ca):
+    chain, key = local_ca.issue(["shop.test"])
+    return DeployBundle("shop", pki.serial_hex(pki.load_certs(chain)[0]), chain, key)
+
+
+def test_pkcs12_with_password_and_owner(tmp_path, bundle):
+    target = FileTarget(fullchain_path=str(tmp_path / "shop.pem"), key_path=str(tmp_path / "shop.key"),
+                        pkcs12_path=str(tmp_path / "shop.p12"), pkcs12_password="s3cret", owner="nobody")
+    target.deploy(bundle)
+    key, cert, extra = pkcs12.load_key_and_certificates((tmp_path / "shop.p12").read_bytes(), b"s3cret")
+    assert pki.serial_hex(cert) == bundle.serial and len(extra) == 1
+    assert pki.key_matches(cert, key)
+    with pytest.raises(ValueError):
+        pkcs12.load_key_and_certificates((tmp_path / "shop.p12").read_bytes(), b"wrong")
+    nobody = pwd.getpwnam("nobody").pw_uid
+    for name, mode in (("shop.pem", 0o644), ("shop.key", 0o600), ("shop.p12", 0o600)):
+        st = (tmp_path / name).stat()
+        assert (st.st_uid, st.st_mode & 0o777) == (nobody, mode), name
+    assert "s3cret" not in repr(target)
+
+
+def test_unknown_owner_is_refused_before_any_write(tmp_path, bundle):
+    target = FileTarget(fullchain_path=str(tmp_path / "shop.pem"), key_path=str(tmp_path / "shop.key"),
+                        owner="no-such-user-here")
+    with pytest.raises(TargetError, match="owner 'no-such-user-here'"):
+        target.deploy(bundle)
+    assert not (tmp_path / "shop.pem").exists()
+
+
+def test_reload_by_signal_to_a_pid_file(tmp_path, bundle):
+    marker = tmp_path / "reloaded"
+    server = subprocess.Popen([sys.executable, "-c", (
+        "import signal, sys, time, pathlib\n"
+        f"signal.signal(signal.SIGHUP, lambda *a: pathlib.Path({str(marker)!r}).write_text('HUP'))\n"
+        "print('ready', flush=True)\n"
+        "time.sleep(30)\n")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout.readline().strip() == "ready"
+        (tmp_path / "server.pid").write_text(f"{server.pid}\n")
+        target = FileTarget(fullchain_path=str(tmp_path / "shop.pem"), key_path=str(tmp_path / "shop.key"),
+                            reload_signal="HUP", pid_file=str(tmp_path / "server.pid"))
+        target.deploy(bundle)
+        deadline = time.monotonic() + 5
+        while not marker.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert marker.read_text() == "HUP"
+    finally:
+        server.kill()
+        server.wait()
+
+
+def test_signal_to_a_dead_pid_restores_and_says_so(tmp_path, bundle, local_ca):
+    old_chain, old_key = local_ca.issue(["shop.test"])
+    (tmp_path / "shop.pem").write_bytes(old_chain)
+    (tmp_path / "shop.key").write_bytes(old_key)
+    (tmp_path / "server.pid").write_text("999999\n")
+    target = FileTarget(fullchain_path=str(tmp_path / "shop.pem"), key_path=str(tmp_path / "shop.key"),
+                        reload_signal="HUP", pid_file=str(tmp_path / "server.pid"))
+    with pytest.raises(TargetError, match="cannot send SIGHUP"):
+        target.deploy(bundle)
+    assert (tmp_path / "shop.pem").read_bytes() == old_chain
+
+
+def test_reload_options_are_checked():
+    with pytest.raises(ValueError, match="not both"):
+        FileTarget(fullchain_path="/x.pem", key_path="/x.key", reload_command=["true"], reload_signal="HUP", pid_file="/p")
+    with pytest.raises(ValueError, match="go together"):
+        FileTarget(fullchain_path="/x.pem", key_path="/x.key", reload_signal="HUP")
+    with pytest.raises(ValueError, match="unknown signal"):
+        FileTarget(fullchain_path="/x.pem", key_path="/x.key", reload_signal="NOPE", pid_file="/p")
