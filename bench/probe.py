@@ -4,8 +4,9 @@ Setup: one loopback nginx, N SNI vhosts on one port, each with its own certifica
 a local CA (leaf + intermediate served). Every contender handshakes every name once and
 validates chain + hostname against the local root:
 
-* sequential — the seed article's monitor: per name, ``ssl.create_default_context()``
-  (given our root as ``cafile``), ``socket.create_connection``, ``wrap_socket``,
+* sequential — the seed article's monitor as written: per name, a new
+  ``ssl.create_default_context()`` (the system trust store, loaded every time), plus our
+  root so the private CA verifies, ``socket.create_connection``, ``wrap_socket``,
   ``getpeercert()``. One at a time.
 * bare — a single-process asyncio loop: one verifying context, ``open_connection`` with
   SNI, 200 at a time. The floor an async probe should reach.
@@ -54,7 +55,8 @@ def sequential(endpoints: list[Endpoint], cafile: str) -> int:
     """The seed article's loop: a fresh default context and a blocking socket per name."""
     ok = 0
     for e in endpoints:
-        context = ssl.create_default_context(cafile=cafile)
+        context = ssl.create_default_context()  # as in the article: system roots, every time
+        context.load_verify_locations(cafile=cafile)  # + our private root, or nothing verifies
         with socket.create_connection((e.host, e.port), timeout=10) as sock:
             with context.wrap_socket(sock, server_hostname=e.sni) as ssock:
                 ok += bool(ssock.getpeercert())

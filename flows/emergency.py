@@ -9,6 +9,7 @@ nothing goes dark → report a timeline. A dry run prints the plan and changes n
 from __future__ import annotations
 
 import contextlib
+from typing import Literal
 
 from prefect import flow, get_run_logger
 from prefect.states import Completed, Failed
@@ -24,10 +25,15 @@ from tasks.report import publish_table, validate_inventory
 from tasks.verify import verify_certificate
 
 
+# RFC 5280 reasons a CA accepts on revocation: a dropdown in the UI, not free text.
+Reason = Literal["keyCompromise", "superseded", "cessationOfOperation", "affiliationChanged",
+                 "privilegeWithdrawn", "unspecified"]
+
+
 @flow(name="emergency-rotation")
 def emergency_rotation(inventory: str = "inventory.yaml", certificates: list[str] | None = None,
                        sharing_key_with: list[str] | None = None, issuer: str | None = None,
-                       target: str | None = None, reason: str = "keyCompromise", dry_run: bool = False,
+                       target: str | None = None, reason: Reason = "keyCompromise", dry_run: bool = False,
                        force_revoke: bool = False, verify_deadline: float = 120.0,
                        slack_block: str | None = None):
     """Rotate every selected certificate now, prove every endpoint is safe, then revoke.
