@@ -89,7 +89,7 @@ def test_rollouts_fan_out_on_dask_workers_and_land_on_every_target(prefect_harne
     mtimes = [f.stat().st_mtime_ns for f in files]
     state = flow(inventory=str(file_fleet["inventory"]), verify_deadline=5, return_state=True)
     assert state.is_completed(), state.message
-    assert state.message == "deployed 0, already current 5"
+    assert state.message.startswith("deployed 0, already current 5")
     assert [f.stat().st_mtime_ns for f in files] == mtimes
 
 
