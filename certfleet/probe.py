@@ -68,6 +68,14 @@ def _shared_context() -> ssl.SSLContext:
     return probe_context()
 
 
+def _verifying_context(roots: list[x509.Certificate]) -> ssl.SSLContext:
+    """A client context trusting exactly ``roots``, checking the host name."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_verify_locations(cadata=pki.to_pem(roots).decode())
+    return ctx
+
+
 @lru_cache(maxsize=1)
 def system_roots() -> tuple[x509.Certificate, ...]:
     """The trust store a default client on this machine uses (OpenSSL's, else certifi)."""
@@ -190,6 +198,11 @@ class _Scan:
         self.roots = list(roots) if roots is not None else list(system_roots())
         self.at = at
         self.verdicts: dict[tuple, tuple] = {}
+        # Fast path for the common case, a healthy endpoint: OpenSSL verifies chain and
+        # name in C during the handshake (as the user's client does). Only endpoints
+        # that fail it are probed again without verification, to say exactly why.
+        # Not with a caller's context or a clock of its own (OpenSSL uses "now").
+        self.verify_ctx = _verifying_context(self.roots) if (ssl_context is None and at is None and self.roots) else None
 
 
 async def probe(endpoint: Endpoint, *, roots: list[x509.Certificate] | None,
@@ -204,6 +217,15 @@ async def probe(endpoint: Endpoint, *, roots: list[x509.Certificate] | None,
 async def _probe(endpoint: Endpoint, scan: _Scan, connect_timeout: float,
                  handshake_timeout: float) -> ProbeResult:
     started = time.perf_counter()
+    if scan.verify_ctx is not None:
+        try:
+            chain = await _fetch_chain(endpoint, scan.verify_ctx, connect_timeout, handshake_timeout)
+            return _verified(endpoint, chain, time.perf_counter() - started)
+        except _ProbeFailure as failure:
+            if not failure.verification:
+                return ProbeResult(endpoint, failure.status.value, failure.reason,
+                                   elapsed=time.perf_counter() - started)
+            # The handshake was refused on the chain or the name: look again, unverified.
     try:
         chain = await _fetch_chain(endpoint, scan.ctx, connect_timeout, handshake_timeout)
     except _ProbeFailure as failure:
@@ -213,9 +235,21 @@ async def _probe(endpoint: Endpoint, scan: _Scan, connect_timeout: float,
 
 
 class _ProbeFailure(Exception):
-    def __init__(self, status: ProbeStatus, reason: str) -> None:
+    def __init__(self, status: ProbeStatus, reason: str, verification: bool = False) -> None:
         super().__init__(reason)
-        self.status, self.reason = status, reason
+        self.status, self.reason, self.verification = status, reason, verification
+
+
+def _verified(endpoint: Endpoint, chain: list[bytes], elapsed: float) -> ProbeResult:
+    """OpenSSL accepted chain and name during the handshake: describe the leaf, done."""
+    info = _describe(chain[0])
+    if not pki.san_covers(info.sans, endpoint.sni):  # OpenSSL may match the CN; we do not
+        raise _ProbeFailure(ProbeStatus.HOSTNAME_MISMATCH, "", verification=True)
+    return ProbeResult(endpoint=endpoint, status=ProbeStatus.OK.value,
+                       reason=f"{endpoint}: serves serial {info.serial}: valid for {endpoint.sni} until "
+                              f"{info.not_after:%Y-%m-%d %H:%M:%SZ}",
+                       leaf=info, chain_pem=tuple(_pem(der) for der in chain),
+                       chain_valid=True, hostname_valid=True, elapsed=elapsed)
 
 
 async def _fetch_chain(endpoint: Endpoint, ctx: ssl.SSLContext, connect_timeout: float,
@@ -260,6 +294,8 @@ def _connect_failure(endpoint: Endpoint, exc: BaseException, timeout: float) -> 
 
 
 def _handshake_failure(endpoint: Endpoint, exc: BaseException, first_bytes: bytes) -> _ProbeFailure:
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return _ProbeFailure(ProbeStatus.UNTRUSTED_CHAIN, str(exc), verification=True)
     """Name what the server did instead of TLS: spoke HTTP, hung up, or sent an alert."""
     if first_bytes.startswith(b"HTTP/"):
         return _ProbeFailure(ProbeStatus.PLAIN_HTTP, (
