@@ -260,7 +260,7 @@ class AcmeClient:
                 return None
             raise
         uri = response.headers["Location"]
-        log.info("acme: using existing account %s", uri)
+        log.debug("acme: using existing account %s", uri)
         return messages.RegistrationResource(body=messages.Registration.from_json(response.json()), uri=uri)
 
     def _create_account(self, client: ClientV2) -> messages.RegistrationResource:
@@ -299,7 +299,7 @@ class AcmeClient:
         self.register_or_fetch()
         client = self._client()
         order = self._new_order(client, request)
-        log.info("acme: order %s for %s (%s)", order.uri, request.name, ", ".join(request.domains))
+        log.debug("acme: order %s for %s (%s)", order.uri, request.name, ", ".join(request.domains))
         try:
             fullchain = self._authorize_and_finalize(client, order, solver, types)
         except AcmeError as exc:
@@ -334,7 +334,7 @@ class AcmeClient:
         identifiers = [messages.Identifier(typ=messages.IDENTIFIER_FQDN, value=n) for n in dns_names]
         identifiers += [messages.Identifier(typ=messages.IDENTIFIER_IP, value=str(ip)) for ip in ips]
         if replaces:
-            log.info("acme: new order replaces %s", replaces)
+            log.debug("acme: new order replaces %s", replaces)
         response = self._post(client, client.directory["newOrder"], _NewOrder(identifiers=identifiers, replaces=replaces))
         body = messages.Order.from_json(response.json())
         authorizations = [
@@ -400,11 +400,11 @@ class AcmeClient:
         for authz in order.authorizations:
             domain = authz.body.identifier.value
             if authz.body.status == messages.STATUS_VALID:
-                log.info("acme: %s already authorized, skipping validation", domain)
+                log.debug("acme: %s already authorized, skipping validation", domain)
                 continue
             challb = self._pick_challenge(authz, types)
             response, validation = challb.response_and_validation(self._key)
-            log.info("acme: presenting %s for %s", challb.chall.typ, domain)
+            log.debug("acme: presenting %s for %s", challb.chall.typ, domain)
             self._publish(solver, challb, domain, validation, published)
             pending.append((authz, challb, response))
         return pending
@@ -454,7 +454,7 @@ class AcmeClient:
         """Raise the CA's own reason when validation failed (wrong TXT, NXDOMAIN, CAA...)."""
         domain = authz.body.identifier.value
         if authz.body.status == messages.STATUS_VALID:
-            log.info("acme: %s validated", domain)
+            log.debug("acme: %s validated", domain)
             return
         problems = [c.error for c in authz.body.challenges if c.error is not None]
         problem = problems[0] if problems else None
@@ -473,13 +473,13 @@ class AcmeClient:
         if body.status.name == "ready":
             self._begin_finalization(client, order)
             body = self._poll_order(client, order, deadline, until={"valid"})
-        log.info("acme: downloading certificate for order %s", order.uri)
+        log.debug("acme: downloading certificate for order %s", order.uri)
         response = self._call("certificate download", lambda: self._post_as_get(client, body.certificate))
         return response.text
 
     def _begin_finalization(self, client: ClientV2, order: messages.OrderResource) -> None:
         """Send the CSR. ``orderNotReady`` after a retried finalize means the first one landed."""
-        log.info("acme: finalizing order %s", order.uri)
+        log.debug("acme: finalizing order %s", order.uri)
         try:
             self._call("finalize", lambda: client.begin_finalization(order))
         except AcmeError as exc:
@@ -530,7 +530,7 @@ class AcmeClient:
         for item in published:
             try:
                 item.cleanup()
-                log.info("acme: cleaned up %s for %s", item.kind, item.domain)
+                log.debug("acme: cleaned up %s for %s", item.kind, item.domain)
             except Exception as exc:  # noqa: BLE001 - cleanup must not hide the real outcome
                 log.warning("acme: cleanup of %s for %s failed: %s", item.kind, item.domain, exc)
 
@@ -584,7 +584,7 @@ class AcmeClient:
     def _client(self) -> ClientV2:
         """The ``ClientV2`` for this CA, fetching the directory on first use."""
         if self._acme is None:
-            log.info("acme: fetching directory %s", self.directory_url)
+            log.debug("acme: fetching directory %s", self.directory_url)
             directory = self._call("directory", lambda: ClientV2.get_directory(self.directory_url, self._net))
             self._acme = ClientV2(directory, self._net)
         return self._acme

@@ -73,7 +73,7 @@ class AcmeIssuer(Block):
 
     def issue(self, request: IssuanceRequest) -> Issued:
         """Order a certificate for ``request``, proving control through ``solver``."""
-        log.info("acme issuer '%s': issuing %s", self.directory_url, request.name)
+        log.debug("acme issuer '%s': issuing %s", self.directory_url, request.name)
         return self._guard(lambda: self._issue(request))
 
     def _issue(self, request: IssuanceRequest) -> Issued:

@@ -132,7 +132,7 @@ class Rfc2136Solver(Block):
         update = dns.update.UpdateMessage(self._zone_for(domain))
         update.add(fqdn + ".", self.ttl, _txt(value))
         self._send(update, f"add TXT {fqdn}")
-        self._logger().info("%s added TXT %s; waiting for it to be served", self._label(), fqdn)
+        self._logger().debug("%s added TXT %s; waiting for it to be served", self._label(), fqdn)
         try:
             wait_for_txt(fqdn, value, [self._server()], timeout=self.propagation_timeout)
         except PropagationTimeout as exc:
@@ -144,7 +144,7 @@ class Rfc2136Solver(Block):
         update = dns.update.UpdateMessage(self._zone_for(domain))
         update.delete(fqdn + ".", _txt(value))
         self._send(update, f"delete TXT {fqdn}")
-        self._logger().info("%s removed one TXT value at %s", self._label(), fqdn)
+        self._logger().debug("%s removed one TXT value at %s", self._label(), fqdn)
 
     def timeout(self) -> tuple[float, float]:
         """(total, poll interval) for callers that poll on their side too."""
