@@ -16,7 +16,7 @@ from certfleet import ratelimit, renewal
 from tasks.common import ledger_for, load_inventory, not_permanent, store_for
 
 
-@task(name="renew", cache_policy=NO_CACHE, persist_result=False, retries=3,
+@task(name="renew", cache_policy=NO_CACHE, persist_result=False, retries=3, tags=["certfleet-renew"],
       retry_delay_seconds=exponential_backoff(backoff_factor=2), retry_jitter_factor=0.5,
       retry_condition_fn=not_permanent)
 def renew_certificate(inventory_path: str, name: str, force: bool = False) -> renewal.RenewalOutcome:
