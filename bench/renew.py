@@ -14,8 +14,9 @@ Contenders, alternated round by round, median of REPEATS rounds:
   no store. (Peers measured 3–6 s for 20 with Pebble's default 50% authz reuse.)
 * bare-concurrent — the same, one thread and one client per certificate, all at once:
   what Prefect 3.9's default ``ThreadPoolTaskRunner`` (unbounded threads) gives the
-  flow. The summary line's ``vs_bare`` is against this one, so the ratio measures
-  certfleet's overhead rather than its concurrency; the sequential ratio is printed too.
+  flow. The summary line gives both: ``vs_bare`` against the bare loop the issue names
+  (one certificate after the other) and ``vs_bare_concurrent`` against this one, which
+  measures certfleet's overhead rather than its concurrency.
 * certfleet — the real ``renew`` flow, ``force=True``, on an inventory file whose
   ``acme`` issuer has an ``rfc2136`` solver with the TSIG secret as ``{env: VAR}``:
   inventory validation, per-certificate tasks, store locks, rate-limit ledger, store
@@ -130,8 +131,9 @@ def main() -> None:
     ratio = cf_s / conc_s  # the stricter floor: same concurrency as certfleet's task runner
     print(f"certfleet vs sequential bare loop: {cf_s / bare_s:.2f}x; vs bare-concurrent (same concurrency, "
           f"the baseline of the summary line): {ratio:.2f}x")
-    print(f"aim: within {AIM}x of bare-concurrent: {'met' if ratio <= AIM else 'NOT met'}")
-    print(f"renew: N={n} seconds={cf_s:.2f} vs_bare={ratio:.2f}x")
+    print(f"aim (issue): within {AIM}x of the bare loop: {'met' if cf_s / bare_s <= AIM else 'NOT met'} "
+          f"({cf_s / bare_s:.2f}x); stricter, same concurrency: {'met' if ratio <= AIM else 'NOT met'} ({ratio:.2f}x)")
+    print(f"renew: N={n} seconds={cf_s:.2f} vs_bare={cf_s / bare_s:.2f}x vs_bare_concurrent={ratio:.2f}x")
 
 
 if __name__ == "__main__":
