@@ -6,7 +6,6 @@ What the solver wrote is read back with a plain boto3 client, so the test checks
 
 from __future__ import annotations
 
-import logging
 import urllib.request
 import uuid
 
@@ -23,32 +22,18 @@ pytestmark = pytest.mark.services
 REGION = "us-east-1"
 
 
-@pytest.fixture(scope="module")
-def moto_url():
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.stop()
-
-
 @pytest.fixture
-def route53(moto_url):
+def route53(moto_server):
     """A plain boto3 client on an empty moto account (state reset before each test)."""
-    urllib.request.urlopen(urllib.request.Request(f"{moto_url}/moto-api/reset", method="POST"), timeout=10).close()
-    return boto3.client("route53", region_name=REGION, endpoint_url=moto_url,
+    urllib.request.urlopen(urllib.request.Request(f"{moto_server}/moto-api/reset", method="POST"), timeout=10).close()
+    return boto3.client("route53", region_name=REGION, endpoint_url=moto_server,
                         aws_access_key_id="testing", aws_secret_access_key="testing")
 
 
 @pytest.fixture
-def credentials(moto_url) -> AwsCredentials:
+def credentials(moto_server) -> AwsCredentials:
     return AwsCredentials(region_name=REGION, aws_access_key_id="testing",
-                          aws_secret_access_key="testing", endpoint_url=moto_url)
+                          aws_secret_access_key="testing", endpoint_url=moto_server)
 
 
 def make_zone(route53, name: str, private: bool = False) -> str:
@@ -134,10 +119,10 @@ def test_nameserver_check_runs_after_insync(route53, credentials):
         solver.present("shop.test", "v")
 
 
-def test_secret_never_appears_in_repr_or_errors(route53, moto_url):
+def test_secret_never_appears_in_repr_or_errors(route53, moto_server):
     secret = "s3cr3t-" + uuid.uuid4().hex
     creds = AwsCredentials(region_name=REGION, aws_access_key_id="testing",
-                           aws_secret_access_key=secret, endpoint_url=moto_url)
+                           aws_secret_access_key=secret, endpoint_url=moto_server)
     solver = Route53Solver(hosted_zone_id="ZNOSUCHZONE", credentials=creds)
     assert secret not in repr(solver)
     with pytest.raises(Route53Error) as info:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import json
-import logging
 import os
 import time
 import urllib.request
@@ -27,37 +26,23 @@ ENC_KEY = os.urandom(32)
 
 
 @pytest.fixture(scope="module")
-def moto_url():
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.stop()
-
-
-@pytest.fixture(scope="module")
 def ca(tmp_path_factory):
     return localca.LocalCA.create(tmp_path_factory.mktemp("ca"))
 
 
 @pytest.fixture
-def s3(moto_url):
+def s3(moto_server):
     """A plain boto3 client on an empty account with one bucket."""
-    urllib.request.urlopen(urllib.request.Request(f"{moto_url}/moto-api/reset", data=b"", method="POST")).read()
-    client = boto3.client("s3", endpoint_url=moto_url, region_name="us-east-1",
+    urllib.request.urlopen(urllib.request.Request(f"{moto_server}/moto-api/reset", data=b"", method="POST")).read()
+    client = boto3.client("s3", endpoint_url=moto_server, region_name="us-east-1",
                           aws_access_key_id="testing", aws_secret_access_key="testing")
     client.create_bucket(Bucket=BUCKET)
     return client
 
 
-def block(moto_url, **kw) -> S3Store:
+def block(moto_server, **kw) -> S3Store:
     creds = AwsCredentials(region_name="us-east-1", aws_access_key_id="testing",
-                           aws_secret_access_key=SecretStr("testing"), endpoint_url=moto_url)
+                           aws_secret_access_key=SecretStr("testing"), endpoint_url=moto_server)
     return S3Store(bucket=BUCKET, prefix=PREFIX, credentials=creds, **kw)
 
 
@@ -65,8 +50,8 @@ def keys_under(s3, prefix: str) -> list[str]:
     return sorted(o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix=prefix).get("Contents", []))
 
 
-def test_encrypted_versions_with_sse_on_every_object(s3, moto_url, ca):
-    store = block(moto_url, encryption_keys=SecretStr(base64.b64encode(ENC_KEY).decode()))
+def test_encrypted_versions_with_sse_on_every_object(s3, moto_server, ca):
+    store = block(moto_server, encryption_keys=SecretStr(base64.b64encode(ENC_KEY).decode()))
     assert isinstance(store, CertificateStore)
     chain, key = ca.issue(["shop.test"])
     v = store.put("shop", chain, key, issuer="local")
@@ -83,14 +68,14 @@ def test_encrypted_versions_with_sse_on_every_object(s3, moto_url, ca):
     assert store.load_fullchain("shop", v.serial).count(b"BEGIN CERTIFICATE") == 2
     assert store.put("shop", chain, key).serial == v.serial  # idempotent: nothing rewritten
     with pytest.raises(StoreError, match=rf"s3 store 's3://{BUCKET}/{PREFIX}': certificate 'shop' serial {v.serial}: cannot decrypt"):
-        block(moto_url, encryption_keys=SecretStr(base64.b64encode(os.urandom(32)).decode())).load_key("shop", v.serial)
+        block(moto_server, encryption_keys=SecretStr(base64.b64encode(os.urandom(32)).decode())).load_key("shop", v.serial)
 
 
-def test_plain_key_object_and_kms_encryption(s3, moto_url, ca):
-    kms = boto3.client("kms", endpoint_url=moto_url, region_name="us-east-1",
+def test_plain_key_object_and_kms_encryption(s3, moto_server, ca):
+    kms = boto3.client("kms", endpoint_url=moto_server, region_name="us-east-1",
                        aws_access_key_id="testing", aws_secret_access_key="testing")
     kms_key = kms.create_key()["KeyMetadata"]["Arn"]
-    store = block(moto_url, server_side_encryption="aws:kms", kms_key_id=kms_key)
+    store = block(moto_server, server_side_encryption="aws:kms", kms_key_id=kms_key)
     chain, key = ca.issue(["shop.test"])
     v = store.put("shop", chain, key)
     head = s3.head_object(Bucket=BUCKET, Key=f"{PREFIX}shop/versions/{v.serial}/key.pem")
@@ -98,7 +83,7 @@ def test_plain_key_object_and_kms_encryption(s3, moto_url, ca):
     assert store.load_key("shop", v.serial) == key
 
 
-def test_versions_kept_pruned_and_restored(s3, moto_url, ca):
+def test_versions_kept_pruned_and_restored(s3, moto_server, ca):
     store = S3CertificateStore(s3, BUCKET, PREFIX, keep_versions=2)
     v1, v2, v3 = [store.put("shop", *ca.issue(["shop.test"])) for _ in range(3)]
     assert [v.serial for v in store.versions("shop")] == [v2.serial, v3.serial]
@@ -109,8 +94,8 @@ def test_versions_kept_pruned_and_restored(s3, moto_url, ca):
         store.set_current("shop", v1.serial)
 
 
-def test_lock_is_exclusive_and_released(s3, moto_url):
-    a, b = S3CertificateStore(s3, BUCKET, PREFIX), block(moto_url)
+def test_lock_is_exclusive_and_released(s3, moto_server):
+    a, b = S3CertificateStore(s3, BUCKET, PREFIX), block(moto_server)
     with a.lock("shop"):
         body = json.loads(s3.get_object(Bucket=BUCKET, Key=f"{PREFIX}shop/lock")["Body"].read())
         assert body["expires"] > time.time() + 1000
@@ -141,15 +126,15 @@ def test_stale_lock_is_broken_and_an_overrunning_holder_cannot_release_its_succe
     assert keys_under(s3, f"{PREFIX}shop/lock") == []
 
 
-def test_aws_errors_name_the_store(s3, moto_url, ca):
+def test_aws_errors_name_the_store(s3, moto_server, ca):
     missing = S3CertificateStore(s3, "no-such-bucket", "x/")
     with pytest.raises(StoreError, match=r"s3 store 's3://no-such-bucket/x/': read x/shop/current: NoSuchBucket"):
         missing.current("shop")
     with pytest.raises(StoreError, match="has no version with serial abc") as not_there:
-        block(moto_url).get("shop", "abc")
+        block(moto_server).get("shop", "abc")
     assert not getattr(not_there.value, "transient", False)
     with pytest.raises(StoreError, match="invalid serial '../x'"):
-        block(moto_url).get("shop", "../x")
+        block(moto_server).get("shop", "../x")
 
 
 def test_unreachable_endpoint_is_a_transient_error():

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import json
-import logging
 import os
 import time
 import urllib.request
@@ -16,7 +15,6 @@ from pydantic import SecretStr
 from blocks.aws import AwsCredentials
 from blocks.stores.secrets_manager import SecretsManagerStore
 from certfleet import localca
-from certfleet.devstack.ports import free_port
 from certfleet.store import CertificateStore, LockTimeout, StoreError
 from certfleet.store_secrets_manager import SecretsManagerCertificateStore
 
@@ -27,35 +25,21 @@ ENC_KEY = os.urandom(32)
 
 
 @pytest.fixture(scope="module")
-def moto_url():
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.stop()
-
-
-@pytest.fixture(scope="module")
 def ca(tmp_path_factory):
     return localca.LocalCA.create(tmp_path_factory.mktemp("ca"))
 
 
 @pytest.fixture
-def sm(moto_url):
+def sm(moto_server):
     """A plain boto3 client on an empty account."""
-    urllib.request.urlopen(urllib.request.Request(f"{moto_url}/moto-api/reset", data=b"", method="POST")).read()
-    return boto3.client("secretsmanager", endpoint_url=moto_url, region_name="us-east-1",
+    urllib.request.urlopen(urllib.request.Request(f"{moto_server}/moto-api/reset", data=b"", method="POST")).read()
+    return boto3.client("secretsmanager", endpoint_url=moto_server, region_name="us-east-1",
                         aws_access_key_id="testing", aws_secret_access_key="testing")
 
 
-def block(moto_url, **kw) -> SecretsManagerStore:
+def block(moto_server, **kw) -> SecretsManagerStore:
     creds = AwsCredentials(region_name="us-east-1", aws_access_key_id="testing",
-                           aws_secret_access_key=SecretStr("testing"), endpoint_url=moto_url)
+                           aws_secret_access_key=SecretStr("testing"), endpoint_url=moto_server)
     return SecretsManagerStore(prefix=PREFIX, credentials=creds, **kw)
 
 
@@ -69,8 +53,8 @@ def current_value(sm, name: str = "shop") -> dict:
     return json.loads(sm.get_secret_value(SecretId=PREFIX + name, VersionStage="AWSCURRENT")["SecretString"])
 
 
-def test_encrypted_versions_current_is_awscurrent(sm, moto_url, ca):
-    store = block(moto_url, encryption_keys=SecretStr(base64.b64encode(ENC_KEY).decode()))
+def test_encrypted_versions_current_is_awscurrent(sm, moto_server, ca):
+    store = block(moto_server, encryption_keys=SecretStr(base64.b64encode(ENC_KEY).decode()))
     assert isinstance(store, CertificateStore)
     (c1, k1), (c2, k2) = ca.issue(["shop.test"]), ca.issue(["shop.test"])
     v1 = store.put("shop", c1, k1, issuer="local")
@@ -88,10 +72,10 @@ def test_encrypted_versions_current_is_awscurrent(sm, moto_url, ca):
     assert store.put("shop", c2, k2).serial == v2.serial  # idempotent
     assert len(sm.list_secret_version_ids(SecretId=PREFIX + "shop")["Versions"]) == 2
     with pytest.raises(StoreError, match=rf"secrets-manager store '{PREFIX}': certificate 'shop' serial {v2.serial}: .*no encryption key"):
-        block(moto_url).load_key("shop", v2.serial)
+        block(moto_server).load_key("shop", v2.serial)
 
 
-def test_restore_staged_put_and_retention(sm, moto_url, ca):
+def test_restore_staged_put_and_retention(sm, moto_server, ca):
     store = SecretsManagerCertificateStore(sm, PREFIX, keep_versions=2)
     v1, v2 = [store.put("shop", *ca.issue(["shop.test"])) for _ in range(2)]
     assert store.restore_previous("shop").serial == v1.serial
@@ -106,8 +90,8 @@ def test_restore_staged_put_and_retention(sm, moto_url, ca):
     assert store.load_key("shop", v1.serial).startswith(b"-----BEGIN")
 
 
-def test_lock_is_exclusive_and_stale_locks_are_broken(sm, moto_url, caplog):
-    a, b = SecretsManagerCertificateStore(sm, PREFIX), block(moto_url)
+def test_lock_is_exclusive_and_stale_locks_are_broken(sm, moto_server, caplog):
+    a, b = SecretsManagerCertificateStore(sm, PREFIX), block(moto_server)
     with a.lock("shop"):
         with pytest.raises(LockTimeout, match=f"secrets-manager store '{PREFIX}': certificate 'shop' is locked"):
             with b.lock("shop", timeout=0.3):
@@ -129,12 +113,12 @@ def test_lock_is_exclusive_and_stale_locks_are_broken(sm, moto_url, caplog):
     assert a.names() == []  # only the lock secret exists, and it is no certificate
 
 
-def test_errors_name_the_store(sm, moto_url):
+def test_errors_name_the_store(sm, moto_server):
     with pytest.raises(StoreError, match="at most 18"):
         SecretsManagerCertificateStore(sm, PREFIX, keep_versions=50)
-    assert block(moto_url).current("nothing") is None
+    assert block(moto_server).current("nothing") is None
     with pytest.raises(StoreError, match=f"secrets-manager store '{PREFIX}': certificate 'shop' has no version with serial ab"):
-        block(moto_url).get("shop", "ab")
+        block(moto_server).get("shop", "ab")
     sm.create_secret(Name=PREFIX + "alien", SecretString="hello")
     with pytest.raises(StoreError, match="is not a certfleet store version"):
-        block(moto_url).current("alien")
+        block(moto_server).current("alien")
