@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
+from functools import cached_property
 from datetime import datetime, timedelta
 from typing import Callable, Iterable, TypeVar
 
@@ -142,10 +143,15 @@ class DistributeInput:
     now: datetime | None = None
     accepted_key_types: tuple[str, ...] | None = None
 
+    @cached_property
+    def chain(self) -> list:
+        """The bundle parsed once, leaf first, for every check of the chain to share."""
+        return pki.order_chain(pki.load_certs(self.fullchain_pem))
+
 
 def _parses(i: DistributeInput) -> CheckResult:
     try:
-        chain = pki.order_chain(pki.load_certs(i.fullchain_pem))
+        chain = i.chain
         pki.load_private_key(i.key_pem)
     except pki.PemError as exc:
         return CheckResult(False, "MALFORMED", f"certificate '{i.certificate}': {exc}")
@@ -153,14 +159,14 @@ def _parses(i: DistributeInput) -> CheckResult:
 
 
 def _key_matches(i: DistributeInput) -> CheckResult:
-    leaf = pki.order_chain(pki.load_certs(i.fullchain_pem))[0]
+    leaf = i.chain[0]
     if not pki.key_matches(leaf, pki.load_private_key(i.key_pem)):
         return CheckResult(False, "KEY_MISMATCH", f"certificate '{i.certificate}': the private key does not match certificate {pki.serial_hex(leaf)}")
     return CheckResult(True, "OK")
 
 
 def _covers(i: DistributeInput) -> CheckResult:
-    leaf = pki.order_chain(pki.load_certs(i.fullchain_pem))[0]
+    leaf = i.chain[0]
     missing = pki.uncovered(pki.sans_of(leaf), i.hostnames)
     if missing:
         return CheckResult(False, "SANS_DO_NOT_COVER", f"certificate '{i.certificate}' ({', '.join(pki.sans_of(leaf))}) does not cover {', '.join(missing)}")
@@ -170,7 +176,7 @@ def _covers(i: DistributeInput) -> CheckResult:
 def _key_type_accepted(i: DistributeInput) -> CheckResult:
     if i.accepted_key_types is None:
         return CheckResult(True, "OK")
-    leaf = pki.order_chain(pki.load_certs(i.fullchain_pem))[0]
+    leaf = i.chain[0]
     kt = pki.key_type_of(leaf.public_key())
     if kt not in i.accepted_key_types:
         return CheckResult(False, "KEY_TYPE_REJECTED", f"certificate '{i.certificate}' uses {kt}; the target accepts {', '.join(i.accepted_key_types)}")
@@ -178,7 +184,7 @@ def _key_type_accepted(i: DistributeInput) -> CheckResult:
 
 
 def _chain_valid(i: DistributeInput) -> CheckResult:
-    chain = pki.order_chain(pki.load_certs(i.fullchain_pem))
+    chain = i.chain
     if not i.roots:
         # Without roots we can still refuse expired / not-yet-valid certificates.
         info = pki.describe(chain[0])
