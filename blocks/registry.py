@@ -9,6 +9,7 @@ on the Prefect server (``Block.load``). Secret references (``{env: NAME}`` or
 from __future__ import annotations
 
 import os
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from pydantic import ValidationError
 from certfleet.inventory import Inventory, InventoryError, format_errors
 
 
+@cache  # imported once: a 1,000-target fan-out would queue on the import lock
 def _issuer_kinds() -> dict[str, type[Block]]:
     from blocks.issuers.acme import AcmeIssuer
     from blocks.issuers.local_ca import LocalCAIssuer
@@ -25,6 +27,7 @@ def _issuer_kinds() -> dict[str, type[Block]]:
     return {"acme": AcmeIssuer, "local-ca": LocalCAIssuer}
 
 
+@cache  # imported once: a 1,000-target fan-out would queue on the import lock
 def _solver_kinds() -> dict[str, type[Block]]:
     from blocks.solvers.challtestsrv import ChallTestSrvSolver
     from blocks.solvers.cloudflare import CloudflareSolver
@@ -36,6 +39,7 @@ def _solver_kinds() -> dict[str, type[Block]]:
             "cloudflare": CloudflareSolver, "webroot": WebrootSolver}
 
 
+@cache  # imported once: a 1,000-target fan-out would queue on the import lock
 def _target_kinds() -> dict[str, type[Block]]:
     from blocks.targets.acm import AcmTarget
     from blocks.targets.file import FileTarget
@@ -49,6 +53,7 @@ def _target_kinds() -> dict[str, type[Block]]:
             "s3": S3Target, "acm": AcmTarget, "secrets-manager": SecretsManagerTarget}
 
 
+@cache  # imported once: a 1,000-target fan-out would queue on the import lock
 def _discovery_kinds() -> dict[str, type[Block]]:
     from blocks.discovery.acm import AcmDiscovery
     from blocks.discovery.files import FilesDiscovery

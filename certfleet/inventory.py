@@ -23,6 +23,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
     field_validator,
     model_validator,
@@ -107,6 +108,7 @@ class CertificateSpec(BaseModel):
     """One certificate: its names, its key, its issuer, where it goes, where it is served."""
 
     model_config = ConfigDict(extra="forbid")
+    _by_target: dict | None = PrivateAttr(None)
     name: str = Field(description="Unique name (lowercase letters, digits, . _ -)")
     domains: list[str] = Field(min_length=1, description="DNS names (SANs); the first is the subject CN")
     key_type: KeyType = Field(KeyType.EC_P256, description="ec-p256 (default), ec-p384, rsa-2048, rsa-3072, rsa-4096")
@@ -139,8 +141,18 @@ class CertificateSpec(BaseModel):
 
     def endpoint_list(self, target: str | None = None) -> list[Endpoint]:
         """Endpoints of this certificate; with ``target``, only those that target feeds."""
-        return [Endpoint(e.host, e.port, e.sni or self.domains[0]) for e in self.endpoints
-                if target is None or e.target == target]
+        if self._by_target is None:  # built once: a fan-out asks once per target
+            every: list[Endpoint] = []
+            by_target: dict[str, list[Endpoint]] = {}
+            for e in self.endpoints:
+                ep = Endpoint(e.host, e.port, e.sni or self.domains[0])
+                every.append(ep)
+                if e.target is not None:
+                    by_target.setdefault(e.target, []).append(ep)
+            self._by_target = {"every": every, "target": by_target}
+        if target is None:
+            return list(self._by_target["every"])
+        return list(self._by_target["target"].get(target, ()))
 
 
 class StoreSpec(BaseModel):

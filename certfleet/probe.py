@@ -27,6 +27,7 @@ import pickle
 import socket
 import ssl
 import sys
+import threading
 import time
 import warnings
 from datetime import datetime, timezone
@@ -69,11 +70,27 @@ def _shared_context() -> ssl.SSLContext:
 
 
 def _verifying_context(roots: list[x509.Certificate]) -> ssl.SSLContext:
-    """A client context trusting exactly ``roots``, checking the host name."""
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.load_verify_locations(cadata=pki.to_pem(roots).decode())
+    """A client context trusting exactly ``roots``, checking the host name.
+
+    Shared per set of roots (contexts are safe to share between threads and loops):
+    loading a trust store costs more than a handshake, and a fan-out verifies each
+    target's endpoints with the same roots a thousand times over."""
+    key = tuple(roots)
+    with _verifying_lock:
+        ctx = _verifying_contexts.get(key)
+    if ctx is None:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.load_verify_locations(cadata=pki.to_pem(roots).decode())
+        with _verifying_lock:
+            if len(_verifying_contexts) >= 8:
+                _verifying_contexts.clear()
+            _verifying_contexts[key] = ctx
     return ctx
+
+
+_verifying_contexts: dict[tuple, ssl.SSLContext] = {}
+_verifying_lock = threading.Lock()
 
 
 @lru_cache(maxsize=1)

@@ -31,8 +31,18 @@ def store_for(inv: inventory.Inventory) -> CertificateStore:
     return registry.store(inv)
 
 
-def roots_for(inv: inventory.Inventory, name: str) -> list:
-    return distribution.load_roots(inv.trust_bundle_for(inv.certificate(name)))
+def roots_for(inv: inventory.Inventory, name: str) -> list | None:
+    path = inv.trust_bundle_for(inv.certificate(name))
+    if path is None:
+        return None
+    st = os.stat(path)
+    return _roots(str(path), st.st_mtime_ns, st.st_size)
+
+
+@lru_cache(maxsize=16)
+def _roots(path: str, mtime_ns: int, size: int) -> list:
+    """Parsed once per file version: every target of a fan-out checks against the same roots."""
+    return distribution.load_roots(path)
 
 
 def not_permanent(task, task_run, state) -> bool:

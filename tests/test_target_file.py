@@ -87,3 +87,31 @@ def test_reload_options_are_checked():
         FileTarget(fullchain_path="/x.pem", key_path="/x.key", reload_signal="HUP")
     with pytest.raises(ValueError, match="unknown signal"):
         FileTarget(fullchain_path="/x.pem", key_path="/x.key", reload_signal="NOPE", pid_file="/p")
+
+
+def test_writes_of_one_server_share_its_lock_and_a_reload_excludes_them(tmp_path):
+    """Targets of one nginx are written side by side; a reload waits for every write."""
+    import threading
+
+    from blocks.targets.file import _server_lock
+
+    command = ["true", str(tmp_path)]  # a reload command unique to this test
+    with _server_lock(command, shared=True):
+        other = threading.Event()
+
+        def second_writer():
+            with _server_lock(command, shared=True):
+                other.set()
+
+        threading.Thread(target=second_writer).start()
+        assert other.wait(5), "a second target's write waited for the first"
+
+        reloaded = threading.Event()
+
+        def reload():
+            with _server_lock(command):
+                reloaded.set()
+
+        threading.Thread(target=reload).start()
+        assert not reloaded.wait(0.3), "a reload ran while a target was being written"
+    assert reloaded.wait(5), "the reload never ran after the write finished"

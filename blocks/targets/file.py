@@ -141,7 +141,10 @@ class FileTarget(Block):
         redoes its deploy alone — so a target with bad files fails by itself, exactly as
         when every target reloaded on its own.
         """
-        with _server_lock(self._reload_key()):
+        # Without a config test, writes of one server's targets only exclude its reloads,
+        # not each other (each file is renamed whole; the reload takes the lock exclusively).
+        # A config test reads every vhost, so it must not see another target half written.
+        with _server_lock(self._reload_key(), shared=not self.config_test_command):
             backups = self._backup_or_fail()
             try:
                 self._write(contents)
@@ -277,12 +280,15 @@ def _link_backup(path: Path, backup: Path, mode: int) -> bool:
 
 
 @contextlib.contextmanager
-def _server_lock(reload_command: list[str] | None):
-    """One writer at a time per server (keyed by its reload command), across processes.
+def _server_lock(reload_command: list[str] | None, *, shared: bool = False):
+    """Per server (keyed by its reload command), across processes: reloads exclusive.
 
     A server reads every vhost's certificate and key when it reloads (``nginx -s
-    reload`` even parses them before signalling). Two targets of one nginx written
-    concurrently would let a reload see one target's new certificate beside its old key.
+    reload`` even parses them before signalling). A reload running while a target is
+    half written would see its new certificate beside its old key. So a reload (and a
+    config test, and a deploy that reloads on its own) holds the lock exclusively, while
+    target writes that leave the reload to the shared batcher hold it ``shared``: they
+    exclude reloads, not each other, and 200 vhosts of one nginx are written in parallel.
     """
     if not reload_command:
         yield
@@ -291,7 +297,7 @@ def _server_lock(reload_command: list[str] | None):
     path = Path(tempfile.gettempdir()) / f"certfleet-reload-{digest}.lock"
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
         yield
     finally:
         fcntl.flock(fd, fcntl.LOCK_UN)
