@@ -22,6 +22,11 @@ Contenders, each deploying a fresh serial, interleaved round by round:
   inventory, so their writes + reloads go through ``_server_lock`` one at a time; how
   many reloads nginx actually performed is printed for every contender (from its log).
 
+* prefect floor — not a contender but the yardstick for one: the same number of task
+  runs, each doing nothing, through the same task runner (ThreadPoolTaskRunner, 128
+  workers) in a flow of its own. What one tracked Prefect task run per target costs on
+  this machine before any certificate work; certfleet cannot be faster than this.
+
 The Prefect server (temporary, SQLite) is started before anything is timed and a
 warm-up run of the flow is done first. After each certfleet run the script waits until
 the server has recorded every task run as Completed before the next contender starts
@@ -250,6 +255,38 @@ class CertfleetRunner:
         self.lags.append(_recorded(self._flow_run_id, expected))
 
 
+def _floor_flow():
+    """A flow that runs one no-op task per target: Prefect's own cost of a tracked fan-out."""
+    from prefect import flow, task
+    from prefect.cache_policies import NO_CACHE
+    from prefect.task_runners import ThreadPoolTaskRunner
+
+    @task(name="no-op", cache_policy=NO_CACHE, persist_result=False)
+    def noop(target: str) -> str:
+        return target
+
+    @flow(name="prefect-floor", task_runner=ThreadPoolTaskRunner(max_workers=128))
+    def floor(targets: list[str]) -> int:
+        futures = [noop.submit(t) for t in targets]
+        return sum(1 for f in futures if f.result())
+
+    return floor
+
+
+class FloorRunner:
+    def __init__(self, fleet: Fleet):
+        self.fleet = fleet
+        self.flow = _floor_flow()
+
+    def run(self) -> float:
+        started = time.perf_counter()
+        state = self.flow(self.fleet.targets, return_state=True)
+        elapsed = time.perf_counter() - started
+        assert state.result() == self.fleet.n_targets
+        _recorded(state.state_details.flow_run_id, self.fleet.n_targets)  # as for certfleet: not timed
+        return elapsed
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -275,6 +312,8 @@ def main() -> None:
                 print(f"warm-up certfleet run: {time.perf_counter() - started:.1f}s (not counted)")
                 cf.settle(expected_tasks)
 
+                floor = FloorRunner(fleet)
+                floor.run()  # warm-up
                 contenders = {
                     "sequential": lambda: sequential(fleet),
                     "bare": lambda: bare(fleet),
@@ -282,7 +321,11 @@ def main() -> None:
                 }
                 times: dict[str, list[float]] = {k: [] for k in contenders}
                 reloads: dict[str, list[int]] = {k: [] for k in contenders}
+                floor_times: list[float] = []
                 for rnd in range(REPEATS):
+                    floor_times.append(floor.run())  # touches no file: no certificate state to reset
+                    print(f"  round {rnd + 1} {'floor':>10}: {floor_times[-1]:6.2f}s "
+                          f"({n_targets} no-op task runs)", flush=True)
                     for name, fn in contenders.items():
                         fleet.new_certificate()
                         before = fleet.reload_count()
@@ -317,6 +360,9 @@ def main() -> None:
     for name, s in med.items():
         print(f"{name:>12}: {s:7.2f}s  ({s / med['bare']:.2f}x bare, {s / med['sequential']:.2f}x sequential)"
               f"  nginx reloads/run {statistics.median(reloads[name]):.0f}")
+    fl = statistics.median(floor_times)
+    print(f"prefect floor: {fl:7.2f}s  ({fl / med['bare']:.2f}x bare) for {n_targets} no-op task runs; "
+          f"certfleet above it: {med['certfleet'] - fl:.2f}s")
     print(f"certfleet server-side recorder lag after the flow returned (median): "
           f"{statistics.median(cf.lags):.1f}s")
     print(f"re-run with nothing to do: {rerun:.2f}s ({rerun / med['certfleet'] * 100:.0f}% of a first run)"

@@ -44,22 +44,36 @@ def already_current(inventory_path: str, name: str, serial: str, targets: list[s
     """
     from concurrent.futures import ThreadPoolExecutor
 
+    from blocks.targets.file import FileTarget
     from certfleet.verification import verify
 
     inv = load_inventory(inventory_path)
+    spec = inv.certificate(name)
+    endpoints = {t: spec.endpoint_list(t) for t in targets}
+    flat = list(dict.fromkeys(e for eps in endpoints.values() for e in eps))
+    roots = roots_for(inv, name)
 
-    def holds(target: str) -> bool:
+    def block(target: str):
         try:
-            return registry.target(inv, target).current() == serial
+            return registry.target(inv, target)
+        except Exception:  # noqa: BLE001 - the rollout task will say what is wrong
+            return None
+
+    def holds(target_block) -> bool:
+        try:
+            return target_block is not None and target_block.current() == serial
         except Exception:  # noqa: BLE001 - the rollout task will say what is wrong
             return False
 
+    blocks = {t: block(t) for t in targets}
     with ThreadPoolExecutor(max_workers=16) as pool:
-        holding = [t for t, ok in zip(targets, pool.map(holds, targets)) if ok]
-    if not holding:
-        return []
-    spec = inv.certificate(name)
-    endpoints = {t: spec.endpoint_list(t) for t in holding}
-    flat = list(dict.fromkeys(e for eps in endpoints.values() for e in eps))
-    served = {v.endpoint: v.ok for v in verify(flat, serial, roots=roots_for(inv, name), deadline=0)} if flat else {}
-    return [t for t in holding if all(served.get(e, False) for e in endpoints[t])]
+        # The endpoints are probed while the targets are read (on a re-run both say
+        # "current"); what an endpoint serves only counts for a target that holds it.
+        probing = pool.submit(lambda: {v.endpoint: v.ok for v in verify(flat, serial, roots=roots, deadline=0)} if flat else {})
+        # Reading a local file is cheaper in line than handed to a thread (the parse
+        # holds the GIL); remote targets (S3, SSH, Kubernetes, ...) are asked side by side.
+        remote = [t for t, b in blocks.items() if not isinstance(b, FileTarget)]
+        held = dict(zip(remote, pool.map(holds, (blocks[t] for t in remote))))
+        held.update((t, holds(b)) for t, b in blocks.items() if isinstance(b, FileTarget))
+        served = probing.result()
+    return [t for t in targets if held[t] and all(served.get(e, False) for e in endpoints[t])]

@@ -23,6 +23,19 @@ def test_bundle_in_any_order_is_ordered_leaf_first(ca):
     assert [c.subject for c in ordered[1:]] == [ca.inter_cert.subject, ca.root_cert.subject]
 
 
+def test_leaf_is_the_leaf_order_chain_finds(ca):
+    chain, _ = ca.issue(["shop.test"])
+    certs = pki.load_certs(chain)
+    root = pki.load_certs(ca.root_pem)[0]
+    for bundle in ([certs[1], root, certs[0]], [certs[0]], [root, certs[0], certs[0]]):
+        assert pki.serial_hex(pki.leaf(bundle)) == pki.serial_hex(pki.order_chain(bundle)[0]) == pki.serial_hex(certs[0])
+    other = pki.load_certs(ca.issue(["other.test"])[0])[0]
+    with pytest.raises(pki.PemError, match="2 leaf certificates"):
+        pki.leaf([certs[0], other, certs[1]])  # two end-entity certificates: no single answer
+    with pytest.raises(pki.PemError, match="no certificate"):
+        pki.leaf([])
+
+
 def test_malformed_pem_is_a_clear_error():
     with pytest.raises(pki.PemError, match="not a valid certificate"):
         pki.load_certs(b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")

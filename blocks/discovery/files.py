@@ -25,7 +25,7 @@ class FilesDiscovery(Block):
                 try:
                     with open(path, "rb") as f:
                         certs = pki.load_certs(f.read())
-                    leaf = pki.order_chain(certs)[0] if certs else None
+                    leaf = pki.leaf(certs) if certs else None
                 except (OSError, pki.PemError):
                     continue  # not a certificate file (a key, a config): not ours to judge
                 info = pki.describe(leaf) if leaf is not None else None

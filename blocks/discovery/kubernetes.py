@@ -144,7 +144,7 @@ def _leaf(tls_crt: str | None) -> CertificateInfo | None:
         return None
     try:
         certs = pki.load_certs(base64.b64decode(tls_crt))
-        leaf = pki.order_chain(certs)[0] if certs else None
+        leaf = pki.leaf(certs) if certs else None
     except (ValueError, pki.PemError):  # binascii.Error is a ValueError
         return None
     if leaf is None:

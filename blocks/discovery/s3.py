@@ -102,7 +102,7 @@ def _leaf(body: bytes):
     """The leaf certificate's facts, or ``None`` for keys, non-PEM, CA-only or ambiguous bundles."""
     try:
         certs = pki.load_certs(body)
-        leaf = pki.order_chain(certs)[0] if certs else None
+        leaf = pki.leaf(certs) if certs else None
     except pki.PemError:
         return None
     if leaf is None:

@@ -103,7 +103,7 @@ class FileTarget(Block):
             return None
         try:
             certs = pki.load_certs(path.read_bytes())
-            return pki.serial_hex(pki.order_chain(certs)[0]) if certs else None
+            return pki.serial_hex(pki.leaf(certs)) if certs else None
         except (pki.PemError, OSError):
             return None  # unreadable or garbage: treat as "holds nothing we know", redeploy
 

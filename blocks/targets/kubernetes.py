@@ -269,7 +269,7 @@ def _serial_of(secret: dict | None) -> str | None:
         return None
     try:
         certs = pki.load_certs(crt)
-        return pki.serial_hex(pki.order_chain(certs)[0]) if certs else None
+        return pki.serial_hex(pki.leaf(certs)) if certs else None
     except pki.PemError:
         return None  # garbage in tls.crt: treat as "holds nothing we know", redeploy
 

@@ -113,7 +113,7 @@ class S3Target(Block):
             return None
         try:
             certs = pki.load_certs(body)
-            return pki.serial_hex(pki.order_chain(certs)[0]) if certs else None
+            return pki.serial_hex(pki.leaf(certs)) if certs else None
         except pki.PemError:
             return None  # garbage in the object: "holds nothing we know", redeploy
 

@@ -113,6 +113,6 @@ class SecretsManagerTarget(Block):
         try:
             pem = json.loads(value)["certificate"] if self.format == "json" else value
             certs = pki.load_certs(pem)
-            return pki.serial_hex(pki.order_chain(certs)[0]) if certs else None
+            return pki.serial_hex(pki.leaf(certs)) if certs else None
         except (ValueError, KeyError, TypeError):  # JSONDecodeError and PemError are ValueErrors
             return None

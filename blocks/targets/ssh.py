@@ -234,7 +234,7 @@ def _serial_of(data: bytes | None) -> str | None:
         return None
     try:
         certs = pki.load_certs(data)
-        return pki.serial_hex(pki.order_chain(certs)[0]) if certs else None
+        return pki.serial_hex(pki.leaf(certs)) if certs else None
     except pki.PemError:
         return None  # garbage there: treat as "holds nothing we know", redeploy
 
