@@ -50,7 +50,6 @@ def already_current(inventory_path: str, name: str, serial: str, targets: list[s
     inv = load_inventory(inventory_path)
     spec = inv.certificate(name)
     endpoints = {t: spec.endpoint_list(t) for t in targets}
-    flat = list(dict.fromkeys(e for eps in endpoints.values() for e in eps))
     roots = roots_for(inv, name)
 
     def block(target: str):
@@ -65,15 +64,20 @@ def already_current(inventory_path: str, name: str, serial: str, targets: list[s
         except Exception:  # noqa: BLE001 - the rollout task will say what is wrong
             return False
 
-    blocks = {t: block(t) for t in targets}
+    # Inline configurations are built in line; saved blocks are loaded from the Prefect
+    # API, so side by side. Reading a local file is cheaper in line than handed to a
+    # thread (the parse holds the GIL); remote targets (S3, SSH, Kubernetes, ...) are
+    # asked side by side.
+    saved = [t for t in targets if "block" in inv.targets[t]]
     with ThreadPoolExecutor(max_workers=16) as pool:
-        # The endpoints are probed while the targets are read (on a re-run both say
-        # "current"); what an endpoint serves only counts for a target that holds it.
-        probing = pool.submit(lambda: {v.endpoint: v.ok for v in verify(flat, serial, roots=roots, deadline=0)} if flat else {})
-        # Reading a local file is cheaper in line than handed to a thread (the parse
-        # holds the GIL); remote targets (S3, SSH, Kubernetes, ...) are asked side by side.
+        blocks = dict(zip(saved, pool.map(block, saved)))
+        blocks.update((t, block(t)) for t in targets if t not in blocks)
         remote = [t for t, b in blocks.items() if not isinstance(b, FileTarget)]
         held = dict(zip(remote, pool.map(holds, (blocks[t] for t in remote))))
-        held.update((t, holds(b)) for t, b in blocks.items() if isinstance(b, FileTarget))
-        served = probing.result()
-    return [t for t in targets if held[t] and all(served.get(e, False) for e in endpoints[t])]
+    held.update((t, holds(b)) for t, b in blocks.items() if isinstance(b, FileTarget))
+    holding = [t for t in targets if held[t]]
+    # Only endpoints of targets that hold the serial are probed: a first run (nobody
+    # holds it yet) spends no handshakes here.
+    flat = list(dict.fromkeys(e for t in holding for e in endpoints[t]))
+    served = {v.endpoint: v.ok for v in verify(flat, serial, roots=roots, deadline=0)} if flat else {}
+    return [t for t in holding if all(served.get(e, False) for e in endpoints[t])]
