@@ -5,9 +5,10 @@ so a reader never sees half a file) → optional config test (``nginx -t``) → 
 the config test or the reload fails, the previous files are put back before the error
 is raised. ``current()`` reads the serial of the certificate in ``fullchain_path``.
 
-Targets sharing one reload command (the vhosts of one nginx) are written one at a time
-under that server's lock, and targets deployed at the same time share reloads: one
-reload, run under the lock after their files are complete, activates them all.
+Targets sharing one reload command (the vhosts of one nginx) share that server's lock:
+their writes hold it shared (side by side), a reload or config test holds it alone, so
+a reload never sees a target half written. Targets deployed at the same time share
+reloads: one reload, run under the lock after their files are complete, activates them all.
 """
 
 from __future__ import annotations
