@@ -14,15 +14,27 @@ from certfleet import distribution, inventory
 from certfleet.store import CertificateStore
 
 
-@lru_cache(maxsize=16)
-def _load(path: str, mtime_ns: int, size: int) -> inventory.Inventory:
-    return inventory.load(path)
+def per_file_version(load):
+    """``load(path)``, run once per version of the file (path, mtime, size), then reused.
+
+    A 1,000-target fan-out reads the same inventory and trust bundle for every target;
+    an edited file is a new version and is read again."""
+    cached = lru_cache(maxsize=16)(lambda path, _mtime_ns, _size: load(path))
+
+    def wrapper(path):
+        st = os.stat(path)
+        return cached(str(Path(path).resolve()), st.st_mtime_ns, st.st_size)
+
+    return wrapper
+
+
+_load_inventory = per_file_version(inventory.load)
+_load_roots = per_file_version(distribution.load_roots)
 
 
 def load_inventory(path: str) -> inventory.Inventory:
     """Parse once per file version: a 1,000-target fan-out must not parse 1,000 times."""
-    st = os.stat(path)
-    return _load(str(Path(path).resolve()), st.st_mtime_ns, st.st_size)
+    return _load_inventory(path)
 
 
 def store_for(inv: inventory.Inventory) -> CertificateStore:
@@ -32,17 +44,9 @@ def store_for(inv: inventory.Inventory) -> CertificateStore:
 
 
 def roots_for(inv: inventory.Inventory, name: str) -> list | None:
+    """The certificate's trust roots (``None``: this machine's trust store), parsed once per file version."""
     path = inv.trust_bundle_for(inv.certificate(name))
-    if path is None:
-        return None
-    st = os.stat(path)
-    return _roots(str(path), st.st_mtime_ns, st.st_size)
-
-
-@lru_cache(maxsize=16)
-def _roots(path: str, mtime_ns: int, size: int) -> list:
-    """Parsed once per file version: every target of a fan-out checks against the same roots."""
-    return distribution.load_roots(path)
+    return None if path is None else _load_roots(path)
 
 
 def not_permanent(task, task_run, state) -> bool:
