@@ -19,10 +19,10 @@ system-packages:  ## Debian packages: Pebble, nginx, Knot, sshd, Chromium (skipp
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
 
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): pyproject.toml dev/pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[test]' -e ./dev
 	touch $(STAMP)
 
 setup: system-packages $(STAMP)  ## everything the demo and the tests need

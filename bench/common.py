@@ -102,7 +102,7 @@ def moto_server() -> Iterator[str]:
 
     from moto.server import ThreadedMotoServer
 
-    from certfleet.devstack.ports import free_port
+    from certfleet_dev.ports import free_port
 
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
     port = free_port()

@@ -57,7 +57,7 @@ _STEP = re.compile(r"\(\+([0-9.]+)s\) (.*)$")
 
 def build_fleet(workdir: Path, n: int, pebble, s3_url: str | None, kube_url: str | None):
     from certfleet import localca
-    from certfleet.devstack.nginx import Vhost, free_port, start_nginx
+    from certfleet_dev.nginx import Vhost, free_port, start_nginx
 
     port = free_port()
     tls = workdir / "tls"
@@ -134,7 +134,7 @@ def main() -> None:
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 100
     repeats = int(sys.argv[2]) if len(sys.argv) > 2 else 3
 
-    from certfleet.devstack.pebble import start_pebble
+    from certfleet_dev.pebble import start_pebble
 
     rotations: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="certfleet-bench-emergency-") as tmp:
@@ -156,7 +156,7 @@ def main() -> None:
                 kube_cm, kube_url, kube_note = None, None, f"NO Kubernetes: kmock did not start ({exc})"
             try:
                 inv, port, nginx, kinds = build_fleet(workdir, n, pebble, s3_url, kube_url)
-                from blocks.solvers.challtestsrv import ChallTestSrvSolver
+                from certfleet.blocks.solvers.challtestsrv import ChallTestSrvSolver
                 from certfleet.store import LocalStore
 
                 solver = ChallTestSrvSolver(url=pebble.challtestsrv_url)
@@ -164,8 +164,8 @@ def main() -> None:
                 certs = [(f"b{i}", [f"c{i}.{ZONE}"]) for i in range(n)]
                 store = LocalStore(workdir / "store")
                 with prefect_server():
-                    from flows.emergency import emergency_rotation
-                    from flows.lifecycle import lifecycle
+                    from certfleet.flows.emergency import emergency_rotation
+                    from certfleet.flows.lifecycle import lifecycle
 
                     print(f"setup: pebble + moto + kmock + nginx({n} vhosts) + prefect API in "
                           f"{time.perf_counter() - t0:.1f}s; {machine_note()}; targets {kinds}; {kube_note}")

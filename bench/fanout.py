@@ -70,7 +70,7 @@ from concurrent.futures import ThreadPoolExecutor  # noqa: E402
 import yaml  # noqa: E402
 
 from certfleet import pki  # noqa: E402
-from certfleet.devstack.nginx import Vhost, free_port, start_nginx  # noqa: E402
+from certfleet_dev.nginx import Vhost, free_port, start_nginx  # noqa: E402
 from certfleet.fsutil import atomic_write  # noqa: E402
 from certfleet.localca import LocalCA  # noqa: E402
 from certfleet.store import LocalStore  # noqa: E402
@@ -260,7 +260,7 @@ class CertfleetRunner:
         self.last_message = ""
 
     def run(self, *, expect_deployed: int | None) -> int:
-        from flows.distribute import distribute
+        from certfleet.flows.distribute import distribute
 
         state = distribute(inventory=str(self.fleet.inventory), verify_deadline=60, return_state=True)
         report = state.data if hasattr(state, "data") else None

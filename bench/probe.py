@@ -27,7 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from certfleet.devstack.nginx import Vhost, free_port, start_nginx
+from certfleet_dev.nginx import Vhost, free_port, start_nginx
 from certfleet.localca import LocalCA
 from certfleet.models import Endpoint
 from certfleet.probe import _choose_processes, probe_many

@@ -73,9 +73,9 @@ def main() -> None:
     repeats = int(sys.argv[2]) if len(sys.argv) > 2 else 5
     os.environ["PEBBLE_AUTHZREUSE"] = "0"  # read by the Pebble we start (env is inherited)
 
-    from blocks.solvers.rfc2136 import Rfc2136Solver
-    from certfleet.devstack.knot import start_knot
-    from certfleet.devstack.pebble import start_pebble
+    from certfleet.blocks.solvers.rfc2136 import Rfc2136Solver
+    from certfleet_dev.knot import start_knot
+    from certfleet_dev.pebble import start_pebble
 
     certs = certificates(n)
     with tempfile.TemporaryDirectory(prefix="certfleet-bench-renew-") as tmp:
@@ -89,7 +89,7 @@ def main() -> None:
                                    tsig_secret=knot.tsig_secret, tsig_algorithm="hmac-sha256")
             account = new_account_key()
             with prefect_server():
-                from flows.renew import renew
+                from certfleet.flows.renew import renew
 
                 print(f"setup: knot + pebble + prefect API in {time.perf_counter() - t0:.1f}s; {machine_note()}")
                 issued_before = len(pebble.issued_serials())

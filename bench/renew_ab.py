@@ -26,8 +26,8 @@ from bench.renew import SECRET_ENV, ZONE, certificates, write_inventory  # noqa:
 def main() -> None:
     rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 3
     os.environ["PEBBLE_AUTHZREUSE"] = "0"
-    from certfleet.devstack.knot import start_knot
-    from certfleet.devstack.pebble import start_pebble
+    from certfleet_dev.knot import start_knot
+    from certfleet_dev.pebble import start_pebble
 
     certs = certificates(20)
     with tempfile.TemporaryDirectory(prefix="certfleet-bench-renew-ab-") as tmp:
@@ -37,10 +37,10 @@ def main() -> None:
             os.environ[SECRET_ENV] = knot.tsig_secret
             inv = str(write_inventory(work, pebble, knot, certs))
             with prefect_server():
-                from blocks import registry
+                from certfleet.blocks import registry
                 from certfleet import renewal
-                from flows.renew import renew
-                from tasks.common import ledger_for, load_inventory, store_for
+                from certfleet.flows.renew import renew
+                from certfleet.tasks.common import ledger_for, load_inventory, store_for
 
                 def direct() -> None:
                     inventory = load_inventory(inv)

@@ -21,19 +21,19 @@ from certfleet.inventory import Inventory, InventoryError, format_errors
 
 @cache  # imported once: a 1,000-target fan-out would queue on the import lock
 def _issuer_kinds() -> dict[str, type[Block]]:
-    from blocks.issuers.acme import AcmeIssuer
-    from blocks.issuers.local_ca import LocalCAIssuer
+    from certfleet.blocks.issuers.acme import AcmeIssuer
+    from certfleet.blocks.issuers.local_ca import LocalCAIssuer
 
     return {"acme": AcmeIssuer, "local-ca": LocalCAIssuer}
 
 
 @cache  # imported once: a 1,000-target fan-out would queue on the import lock
 def _solver_kinds() -> dict[str, type[Block]]:
-    from blocks.solvers.challtestsrv import ChallTestSrvSolver
-    from blocks.solvers.cloudflare import CloudflareSolver
-    from blocks.solvers.rfc2136 import Rfc2136Solver
-    from blocks.solvers.route53 import Route53Solver
-    from blocks.solvers.webroot import WebrootSolver
+    from certfleet.blocks.solvers.challtestsrv import ChallTestSrvSolver
+    from certfleet.blocks.solvers.cloudflare import CloudflareSolver
+    from certfleet.blocks.solvers.rfc2136 import Rfc2136Solver
+    from certfleet.blocks.solvers.route53 import Route53Solver
+    from certfleet.blocks.solvers.webroot import WebrootSolver
 
     return {"challtestsrv": ChallTestSrvSolver, "rfc2136": Rfc2136Solver, "route53": Route53Solver,
             "cloudflare": CloudflareSolver, "webroot": WebrootSolver}
@@ -41,13 +41,13 @@ def _solver_kinds() -> dict[str, type[Block]]:
 
 @cache  # imported once: a 1,000-target fan-out would queue on the import lock
 def _target_kinds() -> dict[str, type[Block]]:
-    from blocks.targets.acm import AcmTarget
-    from blocks.targets.file import FileTarget
-    from blocks.targets.kubernetes import KubernetesSecretTarget
-    from blocks.targets.s3 import S3Target
-    from blocks.targets.secrets_manager import SecretsManagerTarget
-    from blocks.targets.ssh import SshTarget
-    from blocks.targets.webhook import WebhookTarget
+    from certfleet.blocks.targets.acm import AcmTarget
+    from certfleet.blocks.targets.file import FileTarget
+    from certfleet.blocks.targets.kubernetes import KubernetesSecretTarget
+    from certfleet.blocks.targets.s3 import S3Target
+    from certfleet.blocks.targets.secrets_manager import SecretsManagerTarget
+    from certfleet.blocks.targets.ssh import SshTarget
+    from certfleet.blocks.targets.webhook import WebhookTarget
 
     return {"file": FileTarget, "kubernetes": KubernetesSecretTarget, "ssh": SshTarget, "webhook": WebhookTarget,
             "s3": S3Target, "acm": AcmTarget, "secrets-manager": SecretsManagerTarget}
@@ -55,11 +55,11 @@ def _target_kinds() -> dict[str, type[Block]]:
 
 @cache  # imported once: a 1,000-target fan-out would queue on the import lock
 def _discovery_kinds() -> dict[str, type[Block]]:
-    from blocks.discovery.acm import AcmDiscovery
-    from blocks.discovery.files import FilesDiscovery
-    from blocks.discovery.kubernetes import KubernetesDiscovery
-    from blocks.discovery.s3 import S3Discovery
-    from blocks.discovery.tls import TlsDiscovery
+    from certfleet.blocks.discovery.acm import AcmDiscovery
+    from certfleet.blocks.discovery.files import FilesDiscovery
+    from certfleet.blocks.discovery.kubernetes import KubernetesDiscovery
+    from certfleet.blocks.discovery.s3 import S3Discovery
+    from certfleet.blocks.discovery.tls import TlsDiscovery
 
     return {"files": FilesDiscovery, "tls": TlsDiscovery, "acm": AcmDiscovery,
             "kubernetes": KubernetesDiscovery, "s3": S3Discovery}
@@ -131,7 +131,7 @@ def issuer(inv: Inventory, name: str) -> Block:
     """The issuer block ``name`` of the inventory."""
     cfg = dict(inv.issuers[name])
     cfg.pop("fallback", None)  # a flow-level choice (emergency rotation), not issuer configuration
-    cfg.pop("rate_limits", None)  # the ledger's (tasks.common.ledger_for), not the issuer block's
+    cfg.pop("rate_limits", None)  # the ledger's (certfleet.tasks.common.ledger_for), not the issuer block's
     if cfg.get("kind") == "acme" and "account_key_path" not in cfg:
         # One ACME account per directory, kept beside the store: created once, reused.
         cfg["account_key_path"] = str(inv.store_path() / "_accounts" / f"{name}.key")
@@ -155,8 +155,8 @@ def store(inv: Inventory):
         except StoreError as exc:
             raise InventoryError([str(exc)]) from None
         return LocalStore(inv.store_path(), keep_versions=spec.keep_versions, encryption_keys=keys)
-    from blocks.stores.s3 import S3Store
-    from blocks.stores.secrets_manager import SecretsManagerStore
+    from certfleet.blocks.stores.s3 import S3Store
+    from certfleet.blocks.stores.secrets_manager import SecretsManagerStore
 
     cfg = {k: v for k, v in spec.model_dump(exclude={"path", "encryption_key"}).items() if v is not None}
     if ref:

@@ -8,7 +8,7 @@ field, the way a person would point at it::
 Secrets are never inline. A field that holds a secret takes a reference instead:
 ``{env: NAME}`` (an environment variable) or ``{block: NAME}`` (a Prefect Secret block).
 Issuer and target sections are kept as plain mappings here (the core knows no Prefect);
-``blocks.registry`` validates each against its kind's block model, with the same error
+``certfleet.blocks.registry`` validates each against its kind's block model, with the same error
 format (:func:`format_errors`).
 """
 

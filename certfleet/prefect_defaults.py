@@ -14,7 +14,7 @@ DEFAULTS = {
     # No phoning home from air-gapped fleets.
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     # Our own loggers show up in the run's logs in the UI.
-    "PREFECT_LOGGING_EXTRA_LOGGERS": "certfleet,blocks",
+    "PREFECT_LOGGING_EXTRA_LOGGERS": "certfleet",
     # Large fan-outs are bound by the server's task-run recorder (default batch of 1).
     "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE": "500",
     "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_READ_BATCH_SIZE": "500",

@@ -15,10 +15,10 @@ from prefect import flow, get_run_logger
 from prefect.states import Completed, Failed
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows._futures import settle
-from tasks.common import load_inventory, store_for
-from tasks.distribute import already_current, rollout_to_target
-from tasks.report import publish_table, validate_inventory
+from certfleet.flows._futures import settle
+from certfleet.tasks.common import load_inventory, store_for
+from certfleet.tasks.distribute import already_current, rollout_to_target
+from certfleet.tasks.report import publish_table, validate_inventory
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """The distribute flow with its per-target fan-out on Dask instead of a thread pool.
 
-Same flow, same body (``flows.distribute.distribute``), another task runner: each
+Same flow, same body (``certfleet.flows.distribute.distribute``), another task runner: each
 ``rollout`` task runs on a Dask worker, so a fleet of thousands of targets spreads over
 the cores (or machines) of a Dask cluster. Key material still never travels: a task
 gets the inventory path, certificate name, serial and target name, and loads the key
@@ -26,7 +26,7 @@ from typing import Any
 
 from prefect_dask import DaskTaskRunner
 
-from flows.distribute import distribute
+from certfleet.flows.distribute import distribute
 
 __all__ = ["dask_task_runner", "distribute_dask", "distribute_on_dask"]
 

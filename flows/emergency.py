@@ -14,15 +14,15 @@ from typing import Literal
 from prefect import flow, get_run_logger
 from prefect.states import Completed, Failed
 
-from blocks.notifiers.slack import emergency_timeline_message
+from certfleet.blocks.notifiers.slack import emergency_timeline_message
 from certfleet import emergency
-from flows._futures import settle
-from flows.distribute import distribute
-from tasks.common import load_inventory, store_for
-from tasks.emergency import revoke_certificate, rotate_certificate
-from tasks.notify import notify_slack
-from tasks.report import publish_table, validate_inventory
-from tasks.verify import verify_certificate
+from certfleet.flows._futures import settle
+from certfleet.flows.distribute import distribute
+from certfleet.tasks.common import load_inventory, store_for
+from certfleet.tasks.emergency import revoke_certificate, rotate_certificate
+from certfleet.tasks.notify import notify_slack
+from certfleet.tasks.report import publish_table, validate_inventory
+from certfleet.tasks.verify import verify_certificate
 
 
 # RFC 5280 reasons a CA accepts on revocation: a dropdown in the UI, not free text.

@@ -10,10 +10,10 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 from prefect.states import Completed, Failed
 
-from flows.distribute import distribute
-from flows.renew import renew
-from flows.verify import verify
-from tasks.notify import notify_slack
+from certfleet.flows.distribute import distribute
+from certfleet.flows.renew import renew
+from certfleet.flows.verify import verify
+from certfleet.tasks.notify import notify_slack
 
 
 @flow(name="lifecycle")

@@ -8,10 +8,10 @@ from collections import Counter
 from prefect import flow
 from prefect.states import Completed, Failed
 
-from flows._futures import settle
-from tasks.common import load_inventory
-from tasks.monitor import emit_fleet_events, scan_source, snapshot_certificate
-from tasks.report import publish_table, validate_inventory
+from certfleet.flows._futures import settle
+from certfleet.tasks.common import load_inventory
+from certfleet.tasks.monitor import emit_fleet_events, scan_source, snapshot_certificate
+from certfleet.tasks.report import publish_table, validate_inventory
 
 
 @flow(name="monitor")

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from prefect import flow
 
-from blocks.notifiers.slack import verification_failures_message
-from tasks.notify import notify_slack
+from certfleet.blocks.notifiers.slack import verification_failures_message
+from certfleet.tasks.notify import notify_slack
 
 
 @flow(name="notify-verification-failed")

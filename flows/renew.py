@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 from prefect import flow, get_run_logger
 from prefect.states import Completed, Failed
 
-from flows._futures import settle
-from tasks.renew import renew_certificate
-from tasks.report import validate_inventory
+from certfleet.flows._futures import settle
+from certfleet.tasks.renew import renew_certificate
+from certfleet.tasks.report import validate_inventory
 
 
 @dataclass

@@ -7,10 +7,10 @@ from dataclasses import dataclass, field
 from prefect import flow
 from prefect.states import Completed, Failed
 
-from flows._futures import settle
-from tasks.common import load_inventory, store_for
-from tasks.report import publish_table, validate_inventory
-from tasks.verify import verify_certificate
+from certfleet.flows._futures import settle
+from certfleet.tasks.common import load_inventory, store_for
+from certfleet.tasks.report import publish_table, validate_inventory
+from certfleet.tasks.verify import verify_certificate
 
 
 @dataclass

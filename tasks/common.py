@@ -38,7 +38,7 @@ def load_inventory(path: str) -> inventory.Inventory:
 
 
 def store_for(inv: inventory.Inventory) -> CertificateStore:
-    from blocks import registry
+    from certfleet.blocks import registry
 
     return registry.store(inv)
 

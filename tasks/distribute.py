@@ -6,10 +6,10 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
-from blocks import registry
+from certfleet.blocks import registry
 from certfleet import distribution
 from certfleet.models import Receipt
-from tasks.common import load_inventory, not_permanent, roots_for, store_for
+from certfleet.tasks.common import load_inventory, not_permanent, roots_for, store_for
 
 
 def hostnames_for(inv, name: str) -> tuple[str, ...]:
@@ -44,7 +44,7 @@ def already_current(inventory_path: str, name: str, serial: str, targets: list[s
     """
     from concurrent.futures import ThreadPoolExecutor
 
-    from blocks.targets.file import FileTarget
+    from certfleet.blocks.targets.file import FileTarget
     from certfleet.verification import verify
 
     inv = load_inventory(inventory_path)

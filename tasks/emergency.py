@@ -7,10 +7,10 @@ from dataclasses import dataclass
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from blocks import registry
+from certfleet.blocks import registry
 from certfleet import emergency, pki, renewal
 from certfleet.contracts import Revoker
-from tasks.common import ledger_for, load_inventory, store_for
+from certfleet.tasks.common import ledger_for, load_inventory, store_for
 
 
 @dataclass(frozen=True)

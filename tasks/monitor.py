@@ -8,10 +8,10 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
 
-from blocks import registry
+from certfleet.blocks import registry
 from certfleet import fleet
 from certfleet.probe import probe_sync
-from tasks.common import load_inventory, roots_for, store_for
+from certfleet.tasks.common import load_inventory, roots_for, store_for
 
 
 @task(name="snapshot", cache_policy=NO_CACHE, persist_result=False, task_run_name="snapshot {name}")

@@ -10,7 +10,7 @@ from __future__ import annotations
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from blocks.notifiers.slack import SlackNotifier, SlackNotifierError
+from certfleet.blocks.notifiers.slack import SlackNotifier, SlackNotifierError
 
 
 def _transient(task, task_run, state) -> bool:

@@ -11,9 +11,9 @@ from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
 from prefect.tasks import exponential_backoff
 
-from blocks import registry
+from certfleet.blocks import registry
 from certfleet import ratelimit, renewal
-from tasks.common import ledger_for, load_inventory, not_permanent, store_for
+from certfleet.tasks.common import ledger_for, load_inventory, not_permanent, store_for
 
 
 @task(name="renew", cache_policy=NO_CACHE, persist_result=False, retries=3, tags=["certfleet-renew"],

@@ -6,8 +6,8 @@ from prefect import task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from blocks import registry
-from tasks.common import load_inventory
+from certfleet.blocks import registry
+from certfleet.tasks.common import load_inventory
 
 
 @task(name="validate inventory", cache_policy=NO_CACHE, persist_result=False)

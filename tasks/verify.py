@@ -6,7 +6,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from certfleet import verification
-from tasks.common import load_inventory, roots_for
+from certfleet.tasks.common import load_inventory, roots_for
 
 
 @task(name="verify", cache_policy=NO_CACHE, persist_result=False,

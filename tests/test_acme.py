@@ -18,8 +18,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from blocks.issuers.acme import AcmeIssuer
-from blocks.solvers.challtestsrv import ChallTestSrvSolver
+from certfleet.blocks.issuers.acme import AcmeIssuer
+from certfleet.blocks.solvers.challtestsrv import ChallTestSrvSolver
 from certfleet.acme_client import (
     AcmeClient,
     AcmeError,
@@ -27,7 +27,7 @@ from certfleet.acme_client import (
     generate_account_key,
 )
 from certfleet.contracts import DnsSolver, IssuanceRequest
-from certfleet.devstack.ports import free_port
+from certfleet_dev.ports import free_port
 
 pytestmark = pytest.mark.services
 
@@ -235,7 +235,7 @@ def test_errors_never_carry_key_material(pebble, client, solver):
 
 def test_heavy_nonce_rejection_still_issues(tmp_path):
     """A Pebble rejecting 30% of good nonces: every request must retry badNonce itself."""
-    from certfleet.devstack.pebble import start_pebble
+    from certfleet_dev.pebble import start_pebble
 
     with start_pebble(tmp_path, nonce_reject=30) as noisy:
         client = AcmeClient(noisy.directory_url, generate_account_key(), verify=str(noisy.ca_cert_path))

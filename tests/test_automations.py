@@ -31,7 +31,7 @@ import pytest
 import yaml
 
 from certfleet import fleet, pki
-from certfleet.devstack.ports import free_port
+from certfleet_dev.ports import free_port
 from certfleet.store import LocalStore
 
 pytestmark = pytest.mark.services
@@ -279,7 +279,7 @@ def test_verification_failed_event_posts_to_slack(stack, fleet_files):
 
     slack = Receiver()
     try:
-        save = ("from blocks.notifiers.slack import SlackNotifier; "
+        save = ("from certfleet.blocks.notifiers.slack import SlackNotifier; "
                 f"SlackNotifier(bot_token={TOKEN!r}, channel='C0TEST', base_url={slack.url + '/api/'!r})"
                 ".save('certfleet-slack', overwrite=True)")
         out = subprocess.run([sys.executable, "-c", save], cwd=REPO, env=stack.env, capture_output=True, text=True, timeout=120)

@@ -22,7 +22,7 @@ def snapshot(root):
      "issuers.pebble.eab_hmac_key: secrets are never inline"),
 ])
 def test_bad_inventory_fails_clearly_and_writes_nothing(prefect_harness, fleet, tmp_path, issued_since, mangle, expect):
-    from flows.lifecycle import lifecycle
+    from certfleet.flows.lifecycle import lifecycle
 
     inv = fleet["inventory"]
     inv.write_text(mangle(inv.read_text()))

@@ -114,8 +114,8 @@ def test_import_refuses_a_certificate_that_does_not_cover_the_inventory_names(ad
 
 @pytest.mark.services
 def test_status_json_shows_served_serials_and_exits_1_on_drift(tmp_path, local_ca, tls_files, nginx_factory, capsys):
-    from certfleet.devstack.nginx import Vhost
-    from certfleet.devstack.ports import free_port
+    from certfleet_dev.nginx import Vhost
+    from certfleet_dev.ports import free_port
 
     store = LocalStore(tmp_path / "store")
     good = tls_files("good", ["good.shop.test"])
@@ -167,8 +167,8 @@ def test_renew_issues_once_then_nothing(prefect_harness, tmp_path, local_ca, cap
 
 
 def test_every_block_kind_is_registered():
-    from blocks import registry
-    from certfleet.cli import block_classes
+    from certfleet.blocks import registry
+    from certfleet.cli.init import block_classes
 
     classes = block_classes()
     for kinds in (registry._issuer_kinds(), registry._solver_kinds(), registry._target_kinds(), registry._discovery_kinds()):
@@ -183,11 +183,11 @@ def test_register_blocks(prefect_harness, monkeypatch, capsys):
     """Registration itself, on two kinds (each costs ~0.5 s; all of them is ~25)."""
     from prefect.client.orchestration import get_client
 
-    from blocks.stores.s3 import S3Store
-    from blocks.targets.file import FileTarget
+    from certfleet.blocks.stores.s3 import S3Store
+    from certfleet.blocks.targets.file import FileTarget
     from certfleet import cli
 
-    monkeypatch.setattr(cli, "block_classes", lambda: [FileTarget, S3Store])
+    monkeypatch.setattr(cli.init, "block_classes", lambda: [FileTarget, S3Store])
     assert main(["init", "--register-blocks"]) == 0
     assert "certfleet-file-target" in capsys.readouterr().out
     with get_client(sync_client=True) as client:

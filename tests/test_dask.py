@@ -58,7 +58,7 @@ def file_fleet(tmp_path, local_ca):
 def test_rollouts_fan_out_on_dask_workers_and_land_on_every_target(prefect_harness, dask_cluster, file_fleet):
     from distributed import get_task_stream
 
-    from flows.distribute_dask import distribute_on_dask
+    from certfleet.flows.distribute_dask import distribute_on_dask
 
     cluster, client = dask_cluster
     flow = distribute_on_dask(cluster.scheduler_address)
@@ -97,8 +97,8 @@ def test_deployment_entrypoint_is_the_same_flow_on_a_dask_runner():
     """``flows/distribute_dask.py:distribute_dask`` is distribute, only the runner differs."""
     from prefect_dask import DaskTaskRunner
 
-    from flows.distribute import distribute
-    from flows.distribute_dask import distribute_dask
+    from certfleet.flows.distribute import distribute
+    from certfleet.flows.distribute_dask import distribute_dask
 
     assert distribute_dask.name == distribute.name
     assert distribute_dask.fn is distribute.fn

@@ -21,12 +21,12 @@ from pathlib import Path
 import pytest
 from kubernetes import client, config
 
-from blocks.aws import AwsCredentials
-from blocks.discovery.acm import AcmDiscovery
-from blocks.discovery.kubernetes import KubernetesDiscovery, KubernetesDiscoveryError
-from blocks.discovery.s3 import S3Discovery, S3DiscoveryError
+from certfleet.blocks.aws import AwsCredentials
+from certfleet.blocks.discovery.acm import AcmDiscovery
+from certfleet.blocks.discovery.kubernetes import KubernetesDiscovery, KubernetesDiscoveryError
+from certfleet.blocks.discovery.s3 import S3Discovery, S3DiscoveryError
 from certfleet import pki
-from certfleet.devstack.ports import free_port
+from certfleet_dev.ports import free_port
 from certfleet.localca import LocalCA
 
 pytestmark = pytest.mark.services

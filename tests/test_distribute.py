@@ -16,8 +16,8 @@ import uuid
 import pytest
 
 from certfleet import pki
-from certfleet.devstack.nginx import Vhost
-from certfleet.devstack.ports import free_port
+from certfleet_dev.nginx import Vhost
+from certfleet_dev.ports import free_port
 from certfleet.store import LocalStore
 from tests.plugins.fleet import served_serial
 
@@ -76,7 +76,7 @@ def serving(fleet):
 
 
 def run(fleet, **kw):
-    from flows.distribute import distribute
+    from certfleet.flows.distribute import distribute
 
     return distribute(inventory=fleet["inventory"], verify_deadline=kw.pop("verify_deadline", 10), return_state=True, **kw)
 

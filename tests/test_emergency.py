@@ -16,9 +16,9 @@ import textwrap
 import pytest
 
 from certfleet import pki
-from certfleet.devstack.nginx import Vhost
-from certfleet.devstack.pebble import start_pebble
-from certfleet.devstack.ports import free_port
+from certfleet_dev.nginx import Vhost
+from certfleet_dev.pebble import start_pebble
+from certfleet_dev.ports import free_port
 from certfleet.store import LocalStore
 from tests.plugins.fleet import served_serial
 
@@ -79,8 +79,8 @@ def build_fleet(tmp_path, pebble, nginx_factory, *, s3=None, kubeconfig=None, fa
 @pytest.mark.asyncio
 async def test_compromise_rotates_verifies_then_revokes(prefect_harness, tmp_path, pebble, nginx_factory,
                                                          aws, s3_bucket, kmock, monkeypatch):
-    from flows.emergency import emergency_rotation
-    from flows.lifecycle import lifecycle
+    from certfleet.flows.emergency import emergency_rotation
+    from certfleet.flows.lifecycle import lifecycle
     from tests.test_target_kubernetes import read_secret, serial_of, write_kubeconfig
 
     kubeconfig = write_kubeconfig(tmp_path, str(kmock.url))
@@ -102,7 +102,7 @@ async def test_compromise_rotates_verifies_then_revokes(prefect_harness, tmp_pat
     assert f["nginx"].reload_count == reloads
     assert {n: f["store"].current(n).serial for n in old} == old
 
-    from blocks.notifiers.slack import SlackNotifier
+    from certfleet.blocks.notifiers.slack import SlackNotifier
     from tests.test_leaks import key_fragments, leaks_in
     from tests.test_slack import Receiver
 
@@ -148,8 +148,8 @@ async def test_compromise_rotates_verifies_then_revokes(prefect_harness, tmp_pat
 @pytest.mark.asyncio
 async def test_unsafe_endpoint_keeps_old_certificate_unrevoked(prefect_harness, tmp_path, pebble, nginx_factory):
     """An endpoint that cannot be made safe is named, and its old certificate not revoked."""
-    from flows.emergency import emergency_rotation
-    from flows.lifecycle import lifecycle
+    from certfleet.flows.emergency import emergency_rotation
+    from certfleet.flows.lifecycle import lifecycle
 
     f = build_fleet(tmp_path, pebble, nginx_factory)
     inv = f["inventory"]
@@ -169,7 +169,7 @@ async def test_unsafe_endpoint_keeps_old_certificate_unrevoked(prefect_harness, 
 @pytest.mark.asyncio
 async def test_fallback_issuer_when_primary_ca_is_down(prefect_harness, tmp_path, nginx_factory, pebble):
     """Two Pebbles; the primary is stopped: the fallback issues, loudly, and all is verified."""
-    from flows.emergency import emergency_rotation
+    from certfleet.flows.emergency import emergency_rotation
 
     primary = start_pebble(tmp_path / "primary")
     backup = pebble

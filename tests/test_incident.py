@@ -20,7 +20,7 @@ pytestmark = pytest.mark.services
 
 
 def test_midnight_incident_fixed_and_second_run_is_a_no_op(prefect_harness, fleet, pebble, issued_since):
-    from flows.lifecycle import lifecycle
+    from certfleet.flows.lifecycle import lifecycle
 
     cafile = fleet["roots"]
     # Before: production serves the certificate that dies tonight (not from Pebble).
@@ -55,7 +55,7 @@ def test_midnight_incident_fixed_and_second_run_is_a_no_op(prefect_harness, flee
 
 def test_run_fails_and_names_the_endpoint_that_does_not_verify(prefect_harness, fleet, pebble, tmp_path):
     """A target that reloads nothing (wrong machine!) leaves the endpoint on the old cert."""
-    from flows.lifecycle import lifecycle
+    from certfleet.flows.lifecycle import lifecycle
 
     inv = fleet["inventory"]
     # Point the target somewhere nginx does not read: the renewal "lands on staging".

@@ -8,14 +8,14 @@ import textwrap
 import pytest
 
 from certfleet import pki
-from certfleet.devstack.pebble import start_pebble
+from certfleet_dev.pebble import start_pebble
 from certfleet.store import LocalStore
 
 pytestmark = pytest.mark.services
 
 
 def test_renew_flow_issues_through_rfc2136_and_knot(prefect_harness, tmp_path, knot, monkeypatch):
-    from flows.renew import renew
+    from certfleet.flows.renew import renew
 
     # Pebble's validator asks Knot directly, as a CA would ask the zone's nameservers.
     with start_pebble(tmp_path / "pebble", dns_server=f"127.0.0.1:{knot.port}") as pebble:

@@ -13,8 +13,8 @@ from acme import crypto_util
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from blocks.issuers.acme import AcmeIssuer
-from blocks.solvers.rfc2136 import Rfc2136Solver
+from certfleet.blocks.issuers.acme import AcmeIssuer
+from certfleet.blocks.solvers.rfc2136 import Rfc2136Solver
 from certfleet.acme_client import AcmeError
 from certfleet.contracts import IssuanceRequest
 

@@ -71,7 +71,7 @@ def leaks_in(blob: bytes, fragments: set[bytes]) -> list[str]:
 def test_no_private_key_material_outside_the_store(prefect_harness, fleet, capfd, tmp_path):
     from prefect.settings import PREFECT_HOME, PREFECT_LOCAL_STORAGE_PATH
 
-    from flows.lifecycle import lifecycle
+    from certfleet.flows.lifecycle import lifecycle
 
     state = lifecycle(inventory=str(fleet["inventory"]), verify_deadline=20, return_state=True)
     assert state.is_completed(), state.message

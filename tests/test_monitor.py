@@ -14,8 +14,8 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from certfleet.devstack.nginx import Vhost
-from certfleet.devstack.ports import free_port
+from certfleet_dev.nginx import Vhost
+from certfleet_dev.ports import free_port
 from certfleet.store import LocalStore
 
 pytestmark = pytest.mark.services
@@ -72,7 +72,7 @@ def drifting_fleet(tmp_path, local_ca, nginx_factory):
 
 
 def test_drift_on_exactly_one_endpoint_and_one_event(prefect_harness, drifting_fleet):
-    from flows.monitor import monitor
+    from certfleet.flows.monitor import monitor
 
     f = drifting_fleet
     since = datetime.now(timezone.utc) - timedelta(seconds=1)
@@ -100,7 +100,7 @@ def test_drift_on_exactly_one_endpoint_and_one_event(prefect_harness, drifting_f
 
 
 def test_expiring_event_carries_days_left_and_severity(prefect_harness, tmp_path, local_ca, nginx_factory):
-    from flows.monitor import monitor
+    from certfleet.flows.monitor import monitor
 
     name = f"soon-{uuid.uuid4().hex[:8]}"
     now = datetime.now(timezone.utc)

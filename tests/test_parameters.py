@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 from prefect.utilities.callables import parameter_schema
 
-from flows.distribute import distribute
-from flows.emergency import emergency_rotation
-from flows.lifecycle import lifecycle
-from flows.monitor import monitor
-from flows.renew import renew
-from flows.verify import verify
+from certfleet.flows.distribute import distribute
+from certfleet.flows.emergency import emergency_rotation
+from certfleet.flows.lifecycle import lifecycle
+from certfleet.flows.monitor import monitor
+from certfleet.flows.renew import renew
+from certfleet.flows.verify import verify
 
 
 @pytest.mark.parametrize("flow", [lifecycle, monitor, renew, distribute, verify, emergency_rotation],

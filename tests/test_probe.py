@@ -14,7 +14,7 @@ import time
 import pytest
 
 from certfleet import pki
-from certfleet.devstack.nginx import (
+from certfleet_dev.nginx import (
     NginxError,
     Vhost,
     free_port,

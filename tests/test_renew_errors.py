@@ -11,7 +11,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from certfleet.devstack.ports import free_port
+from certfleet_dev.ports import free_port
 from certfleet.store import LocalStore
 
 pytestmark = pytest.mark.services
@@ -44,7 +44,7 @@ def due_version(tmp_path, local_ca):
 
 
 def test_ca_down_fails_after_retries_and_keeps_the_current_certificate(prefect_harness, tmp_path, pebble, local_ca):
-    from flows.renew import renew
+    from certfleet.flows.renew import renew
 
     current = due_version(tmp_path, local_ca)
     inv = write_inventory(tmp_path, pebble, directory_url=f"https://127.0.0.1:{free_port()}/dir")
@@ -57,7 +57,7 @@ def test_ca_down_fails_after_retries_and_keeps_the_current_certificate(prefect_h
 
 
 def test_budget_exhausted_stops_before_ordering(prefect_harness, tmp_path, pebble, issued_since):
-    from flows.renew import renew
+    from certfleet.flows.renew import renew
 
     # Two per exact name set; one of them is held back for emergency rotation.
     inv = write_inventory(tmp_path, pebble, rate_limits="certificates_per_name_set: 2")
@@ -72,7 +72,7 @@ def test_budget_exhausted_stops_before_ordering(prefect_harness, tmp_path, pebbl
 
 
 def test_invalid_contact_email_is_a_clear_permanent_error(prefect_harness, tmp_path, pebble, issued_since):
-    from flows.renew import renew
+    from certfleet.flows.renew import renew
 
     inv = write_inventory(tmp_path, pebble, email="not an email")
     state = renew(inventory=str(inv), return_state=True)

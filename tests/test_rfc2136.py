@@ -21,8 +21,8 @@ import dns.tsig
 import dns.update
 import pytest
 
-from blocks.solvers import rfc2136
-from blocks.solvers.rfc2136 import Rfc2136Error, Rfc2136Solver, challenge_name
+from certfleet.blocks.solvers import rfc2136
+from certfleet.blocks.solvers.rfc2136 import Rfc2136Error, Rfc2136Solver, challenge_name
 from certfleet.contracts import DnsSolver, SolverTimeout
 from certfleet.dns_check import PropagationTimeout, find_zone, wait_for_txt
 

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.services
 
 
 def test_five_concurrent_lifecycles_issue_exactly_once(prefect_harness, fleet, issued_since):
-    from flows.lifecycle import lifecycle
+    from certfleet.flows.lifecycle import lifecycle
 
     states, errors = [], []
     start = threading.Barrier(5)

@@ -17,7 +17,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from blocks.notifiers.slack import (
+from certfleet.blocks.notifiers.slack import (
     SlackNotifier,
     SlackNotifierError,
     distribution_message,
@@ -175,7 +175,7 @@ def test_report_helpers():
 @pytest.mark.services
 def test_verification_failed_flow_posts_with_a_saved_block(prefect_harness, slack):
     """The flow the automation runs: loads the block by name, posts; no block → no-op."""
-    from flows.notify import notify_verification_failed
+    from certfleet.flows.notify import notify_verification_failed
 
     name = f"slack-{uuid.uuid4().hex[:8]}"
     bot(slack).save(name)

@@ -19,7 +19,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from blocks.solvers.cloudflare import (
+from certfleet.blocks.solvers.cloudflare import (
     CloudflareError,
     CloudflareSolver,
     ZoneNotFoundError,

@@ -12,10 +12,10 @@ import uuid
 import boto3
 import pytest
 
-from blocks.aws import AwsCredentials
-from blocks.solvers.route53 import Route53Error, Route53Solver, ZoneNotFoundError
+from certfleet.blocks.aws import AwsCredentials
+from certfleet.blocks.solvers.route53 import Route53Error, Route53Solver, ZoneNotFoundError
 from certfleet.contracts import DnsSolver, SolverTimeout
-from certfleet.devstack.ports import free_port
+from certfleet_dev.ports import free_port
 
 pytestmark = pytest.mark.services
 

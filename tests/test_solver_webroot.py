@@ -20,14 +20,14 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from blocks.issuers.acme import AcmeIssuer
-from blocks.solvers.webroot import WebrootError, WebrootSolver
+from certfleet.blocks.issuers.acme import AcmeIssuer
+from certfleet.blocks.solvers.webroot import WebrootError, WebrootSolver
 from certfleet.acme_client import AcmeClient, AcmeError, generate_account_key
 from certfleet.challenges import HttpSolver
 from certfleet.contracts import DnsSolver, IssuanceRequest
-from certfleet.devstack.nginx import Vhost, ipv6_loopback_available, start_nginx
-from certfleet.devstack.pebble import start_pebble
-from certfleet.devstack.ports import free_port
+from certfleet_dev.nginx import Vhost, ipv6_loopback_available, start_nginx
+from certfleet_dev.pebble import start_pebble
+from certfleet_dev.ports import free_port
 
 pytestmark = pytest.mark.services
 

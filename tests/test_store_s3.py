@@ -12,10 +12,10 @@ import boto3
 import pytest
 from pydantic import SecretStr
 
-from blocks.aws import AwsCredentials
-from blocks.stores.s3 import S3Store
+from certfleet.blocks.aws import AwsCredentials
+from certfleet.blocks.stores.s3 import S3Store
 from certfleet import localca
-from certfleet.devstack.ports import free_port
+from certfleet_dev.ports import free_port
 from certfleet.store import CertificateStore, LockTimeout, StoreError
 from certfleet.store_s3 import S3CertificateStore
 

@@ -12,8 +12,8 @@ import boto3
 import pytest
 from pydantic import SecretStr
 
-from blocks.aws import AwsCredentials
-from blocks.stores.secrets_manager import SecretsManagerStore
+from certfleet.blocks.aws import AwsCredentials
+from certfleet.blocks.stores.secrets_manager import SecretsManagerStore
 from certfleet import localca
 from certfleet.store import CertificateStore, LockTimeout, StoreError
 from certfleet.store_secrets_manager import SecretsManagerCertificateStore

@@ -8,8 +8,8 @@ from __future__ import annotations
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from blocks.targets.acm import AcmTarget, acm_serial
-from blocks.targets.file import TargetError
+from certfleet.blocks.targets.acm import AcmTarget, acm_serial
+from certfleet.blocks.targets.file import TargetError
 from certfleet import keys, pki
 from certfleet.contracts import DeployBundle
 

@@ -11,7 +11,7 @@ import time
 import pytest
 from cryptography.hazmat.primitives.serialization import pkcs12
 
-from blocks.targets.file import FileTarget, TargetError
+from certfleet.blocks.targets.file import FileTarget, TargetError
 from certfleet import pki
 from certfleet.contracts import DeployBundle
 
@@ -93,7 +93,7 @@ def test_writes_of_one_server_share_its_lock_and_a_reload_excludes_them(tmp_path
     """Targets of one nginx are written side by side; a reload waits for every write."""
     import threading
 
-    from blocks.targets.file import _server_lock
+    from certfleet.blocks.targets.file import _server_lock
 
     command = ["true", str(tmp_path)]  # a reload command unique to this test
     with _server_lock(command, shared=True):

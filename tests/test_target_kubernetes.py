@@ -31,14 +31,14 @@ from pathlib import Path
 import pytest
 from kubernetes import client, config
 
-from blocks.targets.kubernetes import (
+from certfleet.blocks.targets.kubernetes import (
     RESTARTED_AT,
     KubernetesSecretTarget,
     KubernetesTargetError,
 )
 from certfleet import pki
 from certfleet.contracts import DeployBundle, RollbackCapable, Target
-from certfleet.devstack.ports import free_port
+from certfleet_dev.ports import free_port
 from certfleet.localca import LocalCA
 
 pytestmark = pytest.mark.services

@@ -10,9 +10,9 @@ from collections.abc import Callable
 import pytest
 from pydantic import PrivateAttr
 
-from blocks.aws import AwsCredentials
-from blocks.targets.file import TargetError
-from blocks.targets.s3 import S3Target
+from certfleet.blocks.aws import AwsCredentials
+from certfleet.blocks.targets.file import TargetError
+from certfleet.blocks.targets.s3 import S3Target
 from certfleet import pki
 from certfleet.contracts import DeployBundle
 

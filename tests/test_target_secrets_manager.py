@@ -9,8 +9,8 @@ import json
 
 import pytest
 
-from blocks.targets.file import TargetError
-from blocks.targets.secrets_manager import SecretsManagerTarget
+from certfleet.blocks.targets.file import TargetError
+from certfleet.blocks.targets.secrets_manager import SecretsManagerTarget
 from certfleet import pki
 from certfleet.contracts import DeployBundle
 

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from blocks.targets.ssh import BACKUP_SUFFIX, SshTarget, SshTargetError
+from certfleet.blocks.targets.ssh import BACKUP_SUFFIX, SshTarget, SshTargetError
 from certfleet import pki
 from certfleet.contracts import DeployBundle, RollbackCapable, Target
-from certfleet.devstack.ports import free_port
-from certfleet.devstack.sshd import _write_keypair, start_sshd
+from certfleet_dev.ports import free_port
+from certfleet_dev.sshd import _write_keypair, start_sshd
 from certfleet.localca import LocalCA
 
 pytestmark = pytest.mark.services

@@ -18,10 +18,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from blocks.targets.webhook import SIGNATURE_HEADER, WebhookTarget, WebhookTargetError
+from certfleet.blocks.targets.webhook import SIGNATURE_HEADER, WebhookTarget, WebhookTargetError
 from certfleet import pki
 from certfleet.contracts import DeployBundle, Target
-from certfleet.devstack.ports import free_port
+from certfleet_dev.ports import free_port
 from certfleet.localca import LocalCA
 
 pytestmark = pytest.mark.services

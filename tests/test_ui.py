@@ -35,8 +35,8 @@ import httpx
 import pytest
 from cryptography import x509
 
-from certfleet.devstack.nginx import Vhost
-from certfleet.devstack.ports import free_port
+from certfleet_dev.nginx import Vhost
+from certfleet_dev.ports import free_port
 from certfleet.store import LocalStore
 
 pytestmark = pytest.mark.services

@@ -29,7 +29,7 @@ from botocore.exceptions import ClientError
 from prefect.blocks.core import Block
 from pydantic import Field
 
-from blocks.aws import AwsCredentials, aws_errors, error_code
+from certfleet.blocks.aws import AwsCredentials, aws_errors, error_code
 from certfleet import pki
 from certfleet.fleet import Discovered
 

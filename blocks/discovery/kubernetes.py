@@ -34,8 +34,8 @@ from kubernetes.config.config_exception import ConfigException
 from prefect.blocks.core import Block
 from pydantic import Field, field_validator, model_validator
 
-from blocks.k8s import api_client
-from blocks.targets.kubernetes import _reason, _status_message
+from certfleet.blocks.k8s import api_client
+from certfleet.blocks.targets.kubernetes import _reason, _status_message
 from certfleet import pki
 from certfleet.fleet import Discovered
 from certfleet.models import CertificateInfo

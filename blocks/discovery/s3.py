@@ -26,8 +26,8 @@ from botocore.exceptions import ClientError
 from prefect.blocks.core import Block
 from pydantic import Field
 
-from blocks.aws import AwsCredentials, aws_errors, error_code
-from blocks.targets.s3 import BACKUP_DIR, CERT, CHAIN, FULLCHAIN, KEY
+from certfleet.blocks.aws import AwsCredentials, aws_errors, error_code
+from certfleet.blocks.targets.s3 import BACKUP_DIR, CERT, CHAIN, FULLCHAIN, KEY
 from certfleet import pki
 from certfleet.fleet import Discovered
 

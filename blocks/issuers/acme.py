@@ -16,11 +16,11 @@ from typing import Union
 from prefect.blocks.core import Block
 from pydantic import Field, PrivateAttr, SecretStr
 
-from blocks.solvers.challtestsrv import ChallTestSrvSolver
-from blocks.solvers.cloudflare import CloudflareSolver
-from blocks.solvers.rfc2136 import Rfc2136Solver
-from blocks.solvers.route53 import Route53Solver
-from blocks.solvers.webroot import WebrootSolver
+from certfleet.blocks.solvers.challtestsrv import ChallTestSrvSolver
+from certfleet.blocks.solvers.cloudflare import CloudflareSolver
+from certfleet.blocks.solvers.rfc2136 import Rfc2136Solver
+from certfleet.blocks.solvers.route53 import Route53Solver
+from certfleet.blocks.solvers.webroot import WebrootSolver
 from certfleet.acme_client import AcmeClient, AcmeError, generate_account_key
 from certfleet.challenges import ControlsDomains, describe
 from certfleet.contracts import IssuanceRequest, Issued

@@ -29,7 +29,7 @@ import dns.update
 from prefect.blocks.core import Block
 from pydantic import Field, SecretStr, field_validator
 
-from blocks.logs import block_logger
+from certfleet.blocks.logs import block_logger
 from certfleet.dns_check import (
     PropagationTimeout,
     ZoneNotFound,

@@ -26,7 +26,7 @@ from typing import Any
 from prefect.blocks.core import Block
 from pydantic import Field, PrivateAttr, field_validator
 
-from blocks.aws import AwsCredentials, aws_errors
+from certfleet.blocks.aws import AwsCredentials, aws_errors
 from certfleet.dns_check import PropagationTimeout, wait_for_txt
 
 log = logging.getLogger(__name__)

@@ -13,8 +13,8 @@ from typing import Literal
 from prefect.blocks.core import Block
 from pydantic import Field, PrivateAttr, SecretStr, model_validator
 
-from blocks.aws import AwsCredentials
-from blocks.stores.base import DelegatingStore, unwrap_encryption_keys
+from certfleet.blocks.aws import AwsCredentials
+from certfleet.blocks.stores.base import DelegatingStore, unwrap_encryption_keys
 from certfleet.store import DEFAULT_KEEP_VERSIONS
 from certfleet.store_s3 import DEFAULT_LOCK_TTL, S3CertificateStore
 

@@ -28,8 +28,8 @@ from typing import ClassVar
 from prefect.blocks.core import Block
 from pydantic import Field
 
-from blocks.aws import AwsCredentials, aws_errors
-from blocks.targets.file import TargetError
+from certfleet.blocks.aws import AwsCredentials, aws_errors
+from certfleet.blocks.targets.file import TargetError
 from certfleet import pki
 from certfleet.contracts import DeployBundle
 from certfleet.models import Receipt

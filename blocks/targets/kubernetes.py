@@ -33,9 +33,9 @@ from kubernetes.config.config_exception import ConfigException
 from prefect.blocks.core import Block
 from pydantic import Field, field_validator, model_validator
 
-from blocks.k8s import api_client
-from blocks.logs import block_logger
-from blocks.targets.file import TargetError
+from certfleet.blocks.k8s import api_client
+from certfleet.blocks.logs import block_logger
+from certfleet.blocks.targets.file import TargetError
 from certfleet import pki
 from certfleet.contracts import DeployBundle
 from certfleet.models import Receipt

@@ -23,8 +23,8 @@ from botocore.exceptions import ClientError
 from prefect.blocks.core import Block
 from pydantic import Field
 
-from blocks.aws import AwsCredentials, aws_errors, error_code
-from blocks.targets.file import TargetError
+from certfleet.blocks.aws import AwsCredentials, aws_errors, error_code
+from certfleet.blocks.targets.file import TargetError
 from certfleet import pki
 from certfleet.contracts import DeployBundle
 from certfleet.models import Receipt

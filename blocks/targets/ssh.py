@@ -25,8 +25,8 @@ import paramiko
 from prefect.blocks.core import Block
 from pydantic import Field, SecretStr, model_validator
 
-from blocks.logs import block_logger
-from blocks.targets.file import TargetError
+from certfleet.blocks.logs import block_logger
+from certfleet.blocks.targets.file import TargetError
 from certfleet import pki
 from certfleet.contracts import DeployBundle
 from certfleet.models import Receipt

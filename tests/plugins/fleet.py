@@ -17,7 +17,7 @@ import pytest
 from cryptography import x509
 
 from certfleet import pki
-from certfleet.devstack.nginx import Vhost
+from certfleet_dev.nginx import Vhost
 from certfleet.store import LocalStore
 
 
@@ -45,7 +45,7 @@ def fleet(tmp_path, pebble, local_ca, nginx_factory):
     (staging / "shop.pem").write_bytes(fresh_chain)
     (staging / "shop.key").write_bytes(fresh_key)
 
-    from certfleet.devstack.ports import free_port
+    from certfleet_dev.ports import free_port
 
     port, staging_port = free_port(), free_port()
     nginx = nginx_factory([

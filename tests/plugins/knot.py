@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from certfleet.devstack.knot import Knot, start_knot
+from certfleet_dev.knot import Knot, start_knot
 
 KNOT_ZONES = ["shop.test", "example.test"]
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from certfleet.devstack.ports import free_port
+from certfleet_dev.ports import free_port
 
 REGION = "us-east-1"
 FAKE_KEY_ID = "testing"
@@ -50,7 +50,7 @@ class MotoAccount:
         return _plain_client(self.endpoint_url, self.region_name, service, key_id, secret)
 
     def credentials(self, key_id: str = FAKE_KEY_ID, secret: str = FAKE_SECRET):
-        from blocks.aws import AwsCredentials
+        from certfleet.blocks.aws import AwsCredentials
 
         return AwsCredentials(region_name=self.region_name, aws_access_key_id=key_id,
                               aws_secret_access_key=secret, endpoint_url=self.endpoint_url)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from certfleet import localca, pki
-from certfleet.devstack.nginx import Nginx, Vhost, free_port, start_nginx
+from certfleet_dev.nginx import Nginx, Vhost, free_port, start_nginx
 
 
 @dataclass(frozen=True)

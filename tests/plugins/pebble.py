@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from certfleet.devstack.pebble import Pebble, start_pebble
+from certfleet_dev.pebble import Pebble, start_pebble
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from certfleet.devstack.sshd import Sshd, start_sshd
+from certfleet_dev.sshd import Sshd, start_sshd
 
 
 @pytest.fixture(scope="session")

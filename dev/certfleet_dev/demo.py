@@ -16,9 +16,9 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from certfleet import localca
-from certfleet.devstack.nginx import Nginx, Vhost, start_nginx
-from certfleet.devstack.pebble import Pebble, start_pebble
-from certfleet.devstack.ports import free_port
+from certfleet_dev.nginx import Nginx, Vhost, start_nginx
+from certfleet_dev.pebble import Pebble, start_pebble
+from certfleet_dev.ports import free_port
 
 
 @dataclass

@@ -27,8 +27,8 @@ import dns.query
 import dns.rcode
 import dns.rdatatype
 
-from certfleet.devstack.ports import free_port
-from certfleet.devstack.process import stop_process
+from certfleet_dev.ports import free_port
+from certfleet_dev.process import stop_process
 
 KNOTD = shutil.which("knotd") or "/usr/sbin/knotd"
 START_TIMEOUT = 10.0

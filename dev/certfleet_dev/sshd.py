@@ -25,8 +25,8 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from certfleet.devstack.ports import free_port
-from certfleet.devstack.process import stop_process
+from certfleet_dev.ports import free_port
+from certfleet_dev.process import stop_process
 
 SSHD = "/usr/sbin/sshd"
 PRIVSEP_DIR = Path("/run/sshd")

@@ -27,8 +27,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from certfleet.devstack.ports import free_port
-from certfleet.devstack.process import stop_process
+from certfleet_dev.ports import free_port
+from certfleet_dev.process import stop_process
 
 log = logging.getLogger(__name__)
 
