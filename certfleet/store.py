@@ -14,6 +14,7 @@ Local layout under ``root``::
     <name>/versions/<serial>/meta.json       CertificateInfo + issuer + stored_at
     <name>/current  -> versions/<serial>     a symlink, switched atomically (rename)
     <name>/.lock                             flock: one renewal per certificate at a time
+    <name>/revocations.json                  serial -> {"reason", "at"}: revoked versions
 
 A version is written into a temporary directory and renamed into place, and ``current``
 is switched only after the version is complete and its key matches its certificate: a
@@ -30,6 +31,10 @@ keep their plain ``key.pem`` and stay readable.
 Retention: after each ``put`` the oldest versions beyond ``keep_versions`` (default
 ``DEFAULT_KEEP_VERSIONS``; ``None`` keeps everything) are deleted — never the current
 version, never the one just before it (the rollback target), never the one just put.
+
+Revocation records: every backend keeps ``serial -> {reason, at}`` for the versions
+revoked at their CA (``record_revocation``), and ``set_current`` / ``restore_previous``
+refuse a revoked serial (``RevokedError``): a rollback never brings one back.
 """
 
 from __future__ import annotations
@@ -71,6 +76,10 @@ class StoreError(RuntimeError):
 
 class LockTimeout(StoreError):
     pass
+
+
+class RevokedError(StoreError):
+    """A revoked serial was about to become current again (a restore or a rollback)."""
 
 
 @dataclass(frozen=True)
@@ -121,6 +130,14 @@ class CertificateStore(Protocol):
 
     def lock(self, name: str, timeout: float = 600.0) -> ContextManager[None]: ...
 
+    def record_revocation(self, name: str, serial: str, reason: str) -> None:
+        """Remember that ``serial`` was revoked (RFC 5280 reason name); idempotent."""
+        ...
+
+    def revocations(self, name: str) -> dict[str, dict]:
+        """serial -> {"reason": ..., "at": ISO 8601 UTC} for every revoked version."""
+        ...
+
 
 # -- shared helpers: every backend decides the same way ---------------------------
 
@@ -167,6 +184,18 @@ def to_prune(versions: list[StoredVersion], current_serial: str | None, keep: in
     protected = {current_serial, just_put, prev.serial if prev else None}
     candidates = [v for v in versions if v.serial not in protected]
     return candidates[: len(versions) - keep]
+
+
+def revocation_entry(reason: str) -> dict:
+    return {"reason": reason, "at": datetime.now(timezone.utc).isoformat()}
+
+
+def refuse_revoked(label: str, name: str, serial: str, revoked: dict[str, dict]) -> None:
+    """A revoked serial never becomes current again: not by a restore, not by a rollback."""
+    if serial in revoked:
+        r = revoked[serial]
+        raise RevokedError(f"{label}: certificate '{name}' serial {serial} was revoked ({r.get('reason', '?')}, "
+                           f"at {r.get('at', '?')}); refusing to make it current again")
 
 
 def check_keep(keep_versions: int | None) -> int | None:
@@ -360,6 +389,7 @@ class LocalStore:
         target = self._vdir(name, serial)
         if not (target / "meta.json").exists():
             raise StoreError(f"store: certificate '{name}' has no version with serial {serial}")
+        refuse_revoked(self.label, name, serial, self.revocations(name))
         link = self._dir(name) / "current"
         tmp = link.with_name(f".current.{os.getpid()}.{time.monotonic_ns()}")
         os.symlink(Path("versions") / serial, tmp)
@@ -381,6 +411,29 @@ class LocalStore:
             doomed = Path(v.path).with_name(f".{v.serial}.pruned.{time.monotonic_ns()}")
             os.rename(v.path, doomed)
             shutil.rmtree(doomed, ignore_errors=True)
+
+    # -- revocation records --------------------------------------------------------
+    def revocations(self, name: str) -> dict[str, dict]:
+        try:
+            return json.loads((self._dir(name) / "revocations.json").read_text())
+        except FileNotFoundError:
+            return {}
+
+    def record_revocation(self, name: str, serial: str, reason: str) -> None:
+        """Read-modify-write of ``<name>/revocations.json`` under its own flock (not the
+        certificate lock, which the emergency flow already holds while it revokes)."""
+        check_name(self.label, serial, "serial")
+        d = self._dir(name)
+        d.mkdir(parents=True, exist_ok=True)
+        fd = os.open(d / ".revocations.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            revoked = self.revocations(name)
+            if serial not in revoked:
+                revoked[serial] = revocation_entry(reason)
+                atomic_write(d / "revocations.json", json.dumps(revoked, indent=2).encode(), 0o644)
+        finally:
+            os.close(fd)
 
     # -- locking -----------------------------------------------------------------
     @contextlib.contextmanager

@@ -7,6 +7,7 @@ Layout, under ``prefix`` (used verbatim, so it usually ends with ``/``)::
     <prefix><name>/versions/<serial>/meta.json                  written last: its presence = complete
     <prefix><name>/current                                      body: the current serial
     <prefix><name>/lock                                         body: {"owner", "expires"}
+    <prefix><name>/revocations.json                             serial -> {"reason", "at"}
 
 Every put carries server-side encryption (``AES256`` or ``aws:kms``); with an encryption
 key the private key is also sealed client side, so a reader of the bucket without the
@@ -53,6 +54,8 @@ from certfleet.store import (
     new_meta,
     open_key,
     previous_of,
+    refuse_revoked,
+    revocation_entry,
     to_prune,
     version_from_meta,
 )
@@ -202,6 +205,7 @@ class S3CertificateStore:
     def set_current(self, name: str, serial: str) -> None:
         """One PUT of the ``current`` object: S3 makes it visible atomically."""
         self.get(name, serial)  # refuses an unknown serial
+        refuse_revoked(self.label, name, serial, self.revocations(name))
         self._write(self._key(name, "current"), serial.encode())
 
     def restore_previous(self, name: str) -> StoredVersion:
@@ -221,6 +225,39 @@ class S3CertificateStore:
                 with aws_call(self.label, f"delete {key}"):
                     self.s3.delete_object(Bucket=self.bucket, Key=key)
             log.info("%s: certificate '%s': pruned serial %s", self.label, name, v.serial)
+
+    # -- revocation records --------------------------------------------------------
+    def revocations(self, name: str) -> dict[str, dict]:
+        body = self._read(self._key(name, "revocations.json"))
+        return json.loads(body) if body else {}
+
+    def record_revocation(self, name: str, serial: str, reason: str) -> None:
+        """Compare-and-set on the object's ETag (``If-None-Match: *`` for the first one),
+        so two runs recording at once both land."""
+        check_name(self.label, serial, "serial")
+        key = self._key(name, "revocations.json")
+        for _ in range(50):
+            with aws_call(self.label, f"read {key}"):
+                try:
+                    held = self.s3.get_object(Bucket=self.bucket, Key=key)
+                    revoked, cond = json.loads(held["Body"].read()), {"IfMatch": held["ETag"]}
+                except ClientError as exc:
+                    if error_code(exc) not in _MISSING:
+                        raise
+                    revoked, cond = {}, {"IfNoneMatch": "*"}
+            if serial in revoked:
+                return
+            revoked[serial] = revocation_entry(reason)
+            with aws_call(self.label, f"write {key}"):
+                try:
+                    self.s3.put_object(Bucket=self.bucket, Key=key, Body=json.dumps(revoked, indent=2).encode(),
+                                       **self.sse, **cond)
+                    return
+                except ClientError as exc:
+                    if error_code(exc) not in _LOST_RACE:
+                        raise
+            time.sleep(0.05)  # another run wrote it between our read and write: read again
+        raise StoreError(f"{self.label}: {key}: could not record the revocation of {serial} (kept losing the race)")
 
     # -- locking -----------------------------------------------------------------
     @contextlib.contextmanager

@@ -21,6 +21,9 @@ version itself (there is no API to delete one version). AWS caps the staging lab
 a secret (20 at the time of writing, AWSCURRENT and AWSPREVIOUS included), hence
 ``keep_versions`` at most ``MAX_KEEP_VERSIONS``.
 
+Revocation records: a companion secret ``<prefix><name>/revocations`` whose value is
+``{serial: {"reason", "at"}}``, updated with the same token trick as the lock.
+
 Lock: a companion secret ``<prefix><name>/lock`` whose value is ``{"owner", "expires"}``.
 Secrets Manager has no conditional write, but a ``ClientRequestToken`` that already names
 a version with a different value is refused. Taking the lock writes the next version
@@ -58,6 +61,8 @@ from certfleet.store import (
     new_meta,
     open_key,
     previous_of,
+    refuse_revoked,
+    revocation_entry,
     to_prune,
     version_from_meta,
 )
@@ -225,6 +230,7 @@ class SecretsManagerCertificateStore:
         stages, vid = self._stages(name), self._vid(name, serial)
         if _label(serial) not in stages.get(vid, []):
             raise StoreError(f"{self.label}: certificate '{name}' has no version with serial {serial}")
+        refuse_revoked(self.label, name, serial, self.revocations(name))
         cur = next((v for v, s in stages.items() if "AWSCURRENT" in s), None)
         if cur == vid:
             return
@@ -248,6 +254,48 @@ class SecretsManagerCertificateStore:
                 self.sm.update_secret_version_stage(SecretId=self._secret(name), VersionStage=_label(v.serial),
                                                     RemoveFromVersionId=self._vid(name, v.serial))
             log.info("%s: certificate '%s': pruned serial %s", self.label, name, v.serial)
+
+    # -- revocation records --------------------------------------------------------
+    def _revocations_value(self, name: str) -> tuple[dict, str | None]:
+        secret = self._secret(name) + "/revocations"
+        with aws_call(self.label, f"read {secret}"):
+            try:
+                resp = self.sm.get_secret_value(SecretId=secret, VersionStage="AWSCURRENT")
+            except ClientError as exc:
+                if error_code(exc) in _MISSING:
+                    return {}, None
+                raise
+        return json.loads(resp["SecretString"]), resp["VersionId"]
+
+    def revocations(self, name: str) -> dict[str, dict]:
+        return self._revocations_value(name)[0]
+
+    def record_revocation(self, name: str, serial: str, reason: str) -> None:
+        """The next version of the companion secret, written with a token derived from the
+        version read (or created): of two runs recording at once, one retries and both land."""
+        check_name(self.label, serial, "serial")
+        secret = self._secret(name) + "/revocations"
+        kms = {"KmsKeyId": self.kms_key_id} if self.kms_key_id else {}
+        for _ in range(50):
+            revoked, vid = self._revocations_value(name)
+            if serial in revoked:
+                return
+            revoked[serial] = revocation_entry(reason)
+            body = json.dumps(revoked)
+            with aws_call(self.label, f"write {secret}"):
+                try:
+                    if vid is None:
+                        self.sm.create_secret(Name=secret, SecretString=body, Tags=[TAG], **kms,
+                                              ClientRequestToken=str(uuid.uuid4()))
+                    else:
+                        self.sm.put_secret_value(SecretId=secret, SecretString=body,
+                                                 ClientRequestToken=str(uuid.uuid5(_NS, f"revocations-after\0{vid}")))
+                    return
+                except ClientError as exc:
+                    if error_code(exc) not in _TAKEN:
+                        raise
+            time.sleep(0.05)  # another run wrote first: read again
+        raise StoreError(f"{self.label}: {secret}: could not record the revocation of {serial} (kept losing the race)")
 
     # -- locking -----------------------------------------------------------------
     @contextlib.contextmanager

@@ -56,3 +56,9 @@ class DelegatingStore:
 
     def lock(self, name: str, timeout: float = 600.0) -> ContextManager[None]:
         return self.get_store().lock(name, timeout)
+
+    def record_revocation(self, name: str, serial: str, reason: str) -> None:
+        self.get_store().record_revocation(name, serial, reason)
+
+    def revocations(self, name: str) -> dict[str, dict]:
+        return self.get_store().revocations(name)
