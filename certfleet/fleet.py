@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Iterable
+from datetime import datetime, timezone
+from typing import Callable, Iterable, Sequence
 
 from certfleet import policy
 from certfleet.models import CertificateInfo, ProbeResult, ProbeStatus
@@ -206,4 +206,69 @@ def events_for(rows: list[Row]) -> list[EventSpec]:
         out.append(EventSpec("certfleet.certificate.expiring", res,
                              {"days_left": round(days, 2), "severity": severity(days), "not_after": row.not_after.isoformat() if row.not_after else None,
                               "status": str(row.status), "reason": row.reason, "serving": row.seen_serial}))
+    return out
+
+
+# -- the snapshot: one function for ``certfleet status`` and the monitor flow --------
+
+@dataclass(frozen=True)
+class Look:
+    """What to look at for one certificate: what was issued, where it is served, held."""
+
+    name: str
+    stored: CertificateInfo | None
+    endpoints: tuple = ()          # Endpoint objects
+    roots: list | None = None      # trust roots (None: this machine's trust store)
+    targets: tuple[str, ...] = ()
+
+
+def snapshot(looks: Sequence[Look], *, read_target: Callable[[str], str | None] | None = None,
+             now: datetime | None = None, probe_timeout: float = 5.0, batch: int = 50,
+             progress: Callable[[int, str], None] | None = None) -> list[Row]:
+    """What the fleet looks like: one row per endpoint (a TLS handshake each) and, with
+    ``read_target``, one per target (what it holds; an error is a row, not a crash).
+
+    Endpoints are probed ``batch`` at a time, concurrently within a batch;
+    ``progress(n, what)`` is told after each step (n = items just finished).
+    """
+    from certfleet.probe import probe_sync
+
+    now = now or datetime.now(timezone.utc)
+    work = [(look, e) for look in looks for e in look.endpoints]
+    rows: list[Row] = []
+    for i in range(0, len(work), batch):
+        part = work[i:i + batch]
+        by_roots: dict[int, list[int]] = {}
+        for j, (look, _) in enumerate(part):
+            by_roots.setdefault(id(look.roots), []).append(j)
+        results: list = [None] * len(part)
+        for idx in by_roots.values():
+            roots = part[idx[0]][0].roots
+            got = probe_sync([part[j][1] for j in idx], roots=roots,
+                             connect_timeout=probe_timeout, handshake_timeout=probe_timeout)
+            for j, r in zip(idx, got):
+                results[j] = r
+        rows += [endpoint_row(look.name, look.stored, r, now) for (look, _), r in zip(part, results)]
+        if progress:
+            progress(len(part), f"probed {min(i + batch, len(work))} of {len(work)} endpoints")
+    if read_target is not None:
+        for look in looks:
+            for t in look.targets:
+                try:
+                    held, error = read_target(t), None
+                except Exception as exc:  # noqa: BLE001 - an unreachable target is a row
+                    held, error = None, str(exc) or type(exc).__name__
+                rows.append(target_row(look.name, look.stored, t, held, error))
+                if progress:
+                    progress(1, f"asked target '{t}' what it holds")
+    return rows
+
+
+def managed(specs, store) -> list[Managed]:
+    """What the inventory + store know of each certificate, to attribute discovered finds."""
+    out = []
+    for spec in specs:
+        cur = store.current(spec.name)
+        out.append(Managed(spec.name, tuple(spec.domains), frozenset(v.serial for v in store.versions(spec.name)),
+                           cur.info if cur else None))
     return out

@@ -193,3 +193,49 @@ def test_register_blocks(prefect_harness, monkeypatch, capsys):
     with get_client(sync_client=True) as client:
         assert client.read_block_type_by_slug("certfleet-file-target").name == "certfleet file target"
         assert client.read_block_type_by_slug("certfleet-aws-credentials")  # nested in S3Store
+
+
+@pytest.mark.services
+def test_status_sorts_by_days_left_and_times_out_a_silent_endpoint(tmp_path, local_ca, tls_files, nginx_factory, capsys):
+    """--sort days puts the soonest expiry first; --timeout bounds a server that accepts
+    and never answers (a real listening socket); no progress output into a pipe."""
+    import socket
+    from datetime import datetime, timedelta, timezone
+
+    from certfleet_dev.nginx import Vhost
+    from certfleet_dev.ports import free_port
+
+    now = datetime.now(timezone.utc)
+    chain, key = local_ca.issue(["soon.shop.test"], not_before=now - timedelta(days=80), not_after=now + timedelta(days=3))
+    (tmp_path / "soon.pem").write_bytes(chain)
+    (tmp_path / "soon.key").write_bytes(key)
+    later = tls_files("later", ["later.shop.test"])
+    port = free_port()
+    nginx_factory([Vhost("later", ["later.shop.test"], port, later.cert_path, later.key_path, default_server=True),
+                   Vhost("soon", ["soon.shop.test"], port, tmp_path / "soon.pem", tmp_path / "soon.key")])
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)  # accepts (the kernel completes the TCP handshake), never speaks TLS
+    try:
+        inv = write_inventory(tmp_path, local_ca, f"""\
+            - {{name: later, domains: [later.shop.test], issuer: internal, endpoints: ["127.0.0.1:{port}"]}}
+            - {{name: soon, domains: [soon.shop.test], issuer: internal, endpoints: ["127.0.0.1:{port}"]}}
+            - {{name: silent, domains: [silent.shop.test], issuer: internal, endpoints: ["127.0.0.1:{silent.getsockname()[1]}"]}}
+            """)
+        assert main(["status", "-i", str(inv), "--json", "--sort", "days", "--timeout", "0.5", "--no-targets"]) == 1
+        captured = capsys.readouterr()
+        rows = json.loads(captured.out)["rows"]
+        assert [r["certificate"] for r in rows] == ["soon", "later", "silent"]
+        assert rows[0]["days_left"] < 4 < rows[1]["days_left"]
+        assert rows[2]["status"] == "UNREACHABLE" and "0.5s" in rows[2]["reason"]
+        assert captured.err == ""  # no progress bar in a pipe
+
+        assert main(["status", "-i", str(inv), "--sort", "days", "--timeout", "0.5", "--no-targets"]) == 1
+        captured = capsys.readouterr()
+        table = captured.out.splitlines()
+        assert table[1].startswith("soon") and table[2].startswith("later")
+        assert captured.err == "" and "\r" not in captured.out
+        assert main(["status", "-i", str(inv), "--timeout", "0"]) == 2
+        assert "--timeout must be a positive" in capsys.readouterr().err
+    finally:
+        silent.close()

@@ -3,6 +3,7 @@ the inventory check that runs before any work (and before Prefect starts)."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import enum
 import json
@@ -35,7 +36,7 @@ def to_jsonable(obj: Any) -> Any:
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         return {f.name: to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
     if hasattr(obj, "model_dump"):
-        return obj.modeldump(mode="json")
+        return obj.model_dump(mode="json")
     if isinstance(obj, dict):
         return {str(k): to_jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple, set, frozenset)):
@@ -75,26 +76,45 @@ def print_table(rows: list[dict], columns: list[str], colour: bool = False) -> N
 
 
 class Progress:
-    """``\\r[12/200] probing ...`` on a terminal; plain lines when stderr is a file or pipe."""
+    """A ``rich`` progress bar on stderr, only when stderr is a terminal: nothing at all
+    in a pipe, a file or a cron mail (and callers pass ``enabled=False`` for --json)."""
 
-    def __init__(self, total: int, stream=None):
+    def __init__(self, total: int, stream=None, enabled: bool = True):
         self.total, self.stream = total, stream or sys.stderr
-        self.tty = self.stream.isatty()
-        self._width = 0
+        self.tty = enabled and self.stream.isatty() and os.environ.get("TERM") != "dumb"
+        self._bar = self._task = None
+        if self.tty and total > 0:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress as RichProgress, TextColumn, TimeElapsedColumn
+
+            self._bar = RichProgress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                     TimeElapsedColumn(), console=Console(file=self.stream), transient=True)
+            self._bar.start()
+            self._task = self._bar.add_task("", total=total)
 
     def step(self, done: int, what: str) -> None:
-        line = f"[{done}/{self.total}] {what}"
-        if self.tty:
-            self.stream.write("\r" + line.ljust(self._width))
-            self._width = max(self._width, len(line))
-        else:
-            self.stream.write(line + "\n")
-        self.stream.flush()
+        """``done`` items finished in total so far."""
+        if self._bar is not None:
+            self._bar.update(self._task, completed=done, description=what)
+
+    def advance(self, n: int, what: str) -> None:
+        if self._bar is not None:
+            self._bar.update(self._task, advance=n, description=what)
 
     def close(self) -> None:
-        if self.tty and self._width:
-            self.stream.write("\r" + " " * self._width + "\r")
-            self.stream.flush()
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None
+
+
+@contextlib.contextmanager
+def progress_bar(total: int, enabled: bool = True):
+    """``with progress_bar(n) as step: step(k, "what")`` — k items just finished."""
+    bar = Progress(total, enabled=enabled)
+    try:
+        yield bar.advance
+    finally:
+        bar.close()
 
 
 def short(serial: str | None, n: int = 16) -> str:

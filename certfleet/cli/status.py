@@ -9,7 +9,7 @@ from typing import Any
 from certfleet.cli.base import (
     EXIT_ATTENTION,
     EXIT_OK,
-    Progress,
+    progress_bar,
     UsageError,
     dump,
     load_checked,
@@ -23,79 +23,51 @@ PROBE_BATCH = 50  # endpoints per progress step; each batch is probed concurrent
 
 
 def fleet_rows(inventory_path: str, names: list[str] | None = None, *, discovery: bool = True,
-               targets: bool = True, progress: bool = True) -> list:
-    """The monitor's rows (``certfleet.fleet``), computed here without Prefect.
+               targets: bool = True, progress: bool = True, timeout: float = 5.0) -> list:
+    """The monitor's rows, from the same core function (``certfleet.fleet.snapshot``),
+    computed here without Prefect.
 
     What the store issued, what each target holds, what each endpoint serves — and,
     with ``discovery``, certificates found live that the inventory does not name.
     """
     from certfleet.blocks import registry
     from certfleet import distribution, fleet
-    from certfleet.probe import probe_sync
 
     inv = load_checked(inventory_path, names)
     store = registry.store(inv)
     specs = [c for c in inv.certificates if not names or c.name in names]
     now = datetime.now(timezone.utc)
-    stored = {}
+    roots_cache: dict[Any, Any] = {}
+
+    def roots(spec):
+        bundle = inv.trust_bundle_for(spec)
+        if bundle not in roots_cache:
+            try:
+                roots_cache[bundle] = distribution.load_roots(bundle)
+            except (OSError, ValueError) as exc:  # missing file, or not PEM
+                why = getattr(exc, "strerror", None) or exc
+                raise UsageError(f"{inv.source}: trust bundle {bundle}: cannot read ({why})") from None
+        return roots_cache[bundle]
+
+    looks = []
     for spec in specs:
         cur = store.current(spec.name)
-        stored[spec.name] = cur.info if cur else None
-
-    # Endpoints grouped by trust bundle, probed in concurrent batches.
-    work: list[tuple[str, Any, Any]] = []  # (certificate, endpoint, roots path)
-    for spec in specs:
-        bundle = inv.trust_bundle_for(spec)
-        work += [(spec.name, e, bundle) for e in spec.endpoint_list()]
-    checks = sum(len(s.targets) for s in specs) if targets else 0
+        looks.append(fleet.Look(spec.name, cur.info if cur else None, tuple(spec.endpoint_list()), roots(spec),
+                                tuple(spec.targets)))
     sources = len(inv.discovery) if discovery and not names else 0
-    bar = Progress(len(work) + checks + sources) if progress else None
-    rows, done, roots_cache = [], 0, {}
-    for i in range(0, len(work), PROBE_BATCH):
-        batch = work[i:i + PROBE_BATCH]
-        by_roots: dict[Any, list[int]] = {}
-        for j, (_, _, bundle) in enumerate(batch):
-            by_roots.setdefault(bundle, []).append(j)
-        results: list = [None] * len(batch)
-        for bundle, idx in by_roots.items():
-            if bundle not in roots_cache:
+    total = sum(len(lk.endpoints) for lk in looks) + (sum(len(lk.targets) for lk in looks) if targets else 0) + sources
+    with progress_bar(total, enabled=progress) as step:
+        rows = fleet.snapshot(looks, read_target=(lambda t: registry.target(inv, t).current()) if targets else None,
+                              now=now, probe_timeout=timeout, batch=PROBE_BATCH, progress=step)
+        if sources:
+            known = fleet.managed(inv.certificates, store)
+            for i in range(len(inv.discovery)):
                 try:
-                    roots_cache[bundle] = distribution.load_roots(bundle)
-                except (OSError, ValueError) as exc:  # missing file, or not PEM
-                    why = getattr(exc, "strerror", None) or exc
-                    raise UsageError(f"{inv.source}: trust bundle {bundle}: cannot read ({why})") from None
-            for j, r in zip(idx, probe_sync([batch[j][1] for j in idx], roots=roots_cache[bundle])):
-                results[j] = r
-        rows += [fleet.endpoint_row(name, stored[name], r, now) for (name, _, _), r in zip(batch, results)]
-        done += len(batch)
-        if bar:
-            bar.step(done, f"probed {done} of {len(work)} endpoints")
-    if targets:
-        for spec in specs:
-            for t in spec.targets:
-                try:
-                    held, error = registry.target(inv, t).current(), None
-                except Exception as exc:  # noqa: BLE001 - an unreachable target is a row
-                    held, error = None, str(exc) or type(exc).__name__
-                rows.append(fleet.target_row(spec.name, stored[spec.name], t, held, error))
-                done += 1
-                if bar:
-                    bar.step(done, f"asked target '{t}' what it holds")
-    if sources:
-        managed = [fleet.Managed(s.name, tuple(s.domains), frozenset(v.serial for v in store.versions(s.name)),
-                                 stored[s.name]) for s in inv.certificates]
-        for i in range(len(inv.discovery)):
-            try:
-                found = registry.discovery_source(inv, i).scan()
-                rows += fleet.discovered_rows(found, managed, now)
-            except Exception as exc:  # noqa: BLE001 - one source failing is a row, not a crash
-                rows.append(fleet.Row(certificate="", kind="discovered", location=f"discovery[{i}]",
-                                      status=fleet.Status.UNREACHABLE, reason=f"discovery[{i}]: {exc}"))
-            done += 1
-            if bar:
-                bar.step(done, f"scanned discovery[{i}]")
-    if bar:
-        bar.close()
+                    rows += fleet.discovered_rows(registry.discovery_source(inv, i).scan(), known, now)
+                except Exception as exc:  # noqa: BLE001 - one source failing is a row, not a crash
+                    rows.append(fleet.Row(certificate="", kind="discovered", location=f"discovery[{i}]",
+                                          status=fleet.Status.UNREACHABLE, reason=f"discovery[{i}]: {exc}"))
+                step(1, f"scanned discovery[{i}]")
     return rows
 
 
@@ -114,8 +86,12 @@ def row_table(row) -> dict:
 
 
 def cmd_status(args) -> int:
+    if args.timeout <= 0:
+        raise UsageError(f"--timeout must be a positive number of seconds, not {args.timeout:g}")
     rows = fleet_rows(args.inventory, args.names or None, discovery=not args.no_discovery,
-                      targets=not args.no_targets, progress=not args.quiet)
+                      targets=not args.no_targets, progress=not (args.quiet or args.json), timeout=args.timeout)
+    if args.sort == "days":  # fewest days left first; rows without a certificate seen last
+        rows.sort(key=lambda r: (r.days_left is None, r.days_left if r.days_left is not None else 0.0))
     ok = all(str(r.status) == "OK" for r in rows)
     counts: dict[str, int] = {}
     for r in rows:
@@ -140,6 +116,7 @@ def register(add) -> None:
         Examples:
           certfleet status                          # the whole fleet, plus discovery sources
           certfleet status shop api --no-targets    # two certificates, endpoints only
+          certfleet status --sort days --timeout 2   # soonest expiry first; slow endpoints give up after 2 s
           certfleet status --json | jq '.rows[] | select(.status != "OK")'
 
         One TLS handshake per endpoint (with SNI, against the trust bundle) and one
@@ -151,4 +128,8 @@ def register(add) -> None:
     sp.add_argument("names", nargs="*", metavar="NAME", help="only these certificates (default: all)")
     sp.add_argument("--no-targets", action="store_true", help="do not ask targets what they hold (endpoints only)")
     sp.add_argument("--no-discovery", action="store_true", help="do not scan the inventory's discovery sources")
-    sp.add_argument("-q", "--quiet", action="store_true", help="no progress line")
+    sp.add_argument("-q", "--quiet", action="store_true", help="no progress bar (there is none in a pipe or with --json)")
+    sp.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS",
+                    help="probe timeout: seconds for the TCP connect and again for the TLS handshake (default 5)")
+    sp.add_argument("--sort", choices=("inventory", "days"), default="inventory",
+                    help="row order: as in the inventory (default), or by days left, fewest first")
