@@ -239,3 +239,33 @@ def test_status_sorts_by_days_left_and_times_out_a_silent_endpoint(tmp_path, loc
         assert "--timeout must be a positive" in capsys.readouterr().err
     finally:
         silent.close()
+
+
+def test_json_covers_errors_and_every_command(tmp_path, capsys):
+    """Under --json an error is one JSON object on stdout (error, field, exit code);
+    commands without a JSON rendering of their own wrap their output."""
+    bad = tmp_path / "inventory.yaml"
+    bad.write_text("issuers: {ca: {kind: local-ca, directory: ca}}\n"
+                   "certificates:\n  - {name: shop, domains: ['exa mple.com'], issuer: ca}\n")
+    assert main(["validate", "-i", str(bad), "--json"]) == 2
+    out = json.loads(capsys.readouterr().out)
+    assert out["ok"] is False and out["exit_code"] == 2
+    assert out["field"] == "certificates[0].domains[0]" and "not a valid DNS name" in out["error"]
+
+    assert main(["status", "-i", str(tmp_path / "missing.yaml"), "--json"]) == 2
+    out = json.loads(capsys.readouterr().out)
+    assert out["exit_code"] == 2 and "cannot read inventory" in out["error"]
+
+    assert main(["status", "--json", "--sort", "sideways"]) == 2  # a usage error, from argparse
+    out = json.loads(capsys.readouterr().out)
+    assert out["exit_code"] == 2 and "invalid choice" in out["error"]
+
+    assert main(["rotate", "shop", "--json", "-i", str(bad)]) == 2
+    assert "--emergency" in json.loads(capsys.readouterr().out)["error"]
+
+    good = tmp_path / "fleet"
+    assert main(["init", str(good), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out == {"ok": True, "exit_code": 0, "output": out["output"]} and "wrote" in out["output"][0]
+    assert main(["validate", "-i", str(good / "inventory.yaml"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["output"][0].endswith(": OK")
