@@ -96,7 +96,8 @@ def _secret(ref: dict, where: str) -> str:
         raise InventoryError([f"{where}: cannot load Secret block '{ref['block']}' ({type(exc).__name__})"]) from None
 
 
-def _build(kinds: dict[str, type[Block]], section: str, name: str, cfg: dict, inv: Inventory) -> Block:
+def _build(kinds: dict[str, type[Block]], section: str, name: str, cfg: dict, inv: Inventory,
+           what: str | None = None) -> Block:
     where = f"{inv.source}: {section}.{name}"
     if "block" in cfg:
         try:
@@ -105,7 +106,7 @@ def _build(kinds: dict[str, type[Block]], section: str, name: str, cfg: dict, in
             raise InventoryError([f"{where}.block: cannot load block '{cfg['block']}' ({exc})"]) from None
     kind = cfg.get("kind")
     if kind not in kinds:
-        raise InventoryError([f"{where}.kind: unknown {section.rstrip('s')} kind '{kind}' (known: {', '.join(sorted(kinds))})"])
+        raise InventoryError([f"{where}.kind: unknown {what or section.rstrip('s')} kind '{kind}' (known: {', '.join(sorted(kinds))})"])
     base = Path(inv.base_dir)
     fields: dict[str, Any] = {}
     for key, value in cfg.items():
@@ -115,7 +116,7 @@ def _build(kinds: dict[str, type[Block]], section: str, name: str, cfg: dict, in
             fields[key] = {k: _resolve(v, k, base, f"{where}.credentials.{k}") for k, v in value.items()}
             continue
         if key == "solver" and isinstance(value, dict):
-            fields[key] = _build(_solver_kinds(), "solvers", f"{name}.solver", value, inv)
+            fields[key] = _build(_solver_kinds(), section, f"{name}.solver", value, inv, what="solver")
             continue
         if key in _REMOTE_PATHS.get(kind, ()):
             fields[key] = value

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from typing import Literal, get_args
 
 from certfleet.inventory import Inventory
 from certfleet.store import LocalStore
@@ -21,13 +22,21 @@ REASONS = {
 }
 
 
+# The reasons a rotation may give: what ACME CAs accept on revocation (RFC 8555 §7.6;
+# Let's Encrypt refuses cACompromise and the rest). One source of truth: the flow's
+# parameter type (a dropdown in the UI) and the CLI's --reason choices both read it.
+Reason = Literal["keyCompromise", "superseded", "cessationOfOperation", "affiliationChanged",
+                 "privilegeWithdrawn", "unspecified"]
+ACCEPTED_REASONS: tuple[str, ...] = get_args(Reason)
+
+
 class SelectionError(ValueError):
     pass
 
 
 def reason_code(reason: str) -> int:
-    if reason not in REASONS:
-        raise SelectionError(f"reason '{reason}' is not an RFC 5280 reason (one of: {', '.join(REASONS)})")
+    if reason not in ACCEPTED_REASONS:
+        raise SelectionError(f"reason '{reason}' is not accepted (one of: {', '.join(ACCEPTED_REASONS)})")
     return REASONS[reason]
 
 

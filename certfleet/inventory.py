@@ -98,6 +98,10 @@ class EndpointSpec(BaseModel):
             sni, value = value.split("@", 1)
         m = re.match(r"^\[(?P<h6>[^\]]+)\](?::(?P<p6>\d+))?$|^(?P<h>[^:]+)(?::(?P<p>\d+))?$", value)
         if not m:
+            if value.count(":") >= 2 and "[" not in value:
+                host, _, port = value.rpartition(":")
+                hint = f"[{host}]:{port}" if port.isdigit() else f"[{value}]:443"
+                raise ValueError(f"'{value}' is not host:port; write an IPv6 address in brackets, e.g. '{hint}'")
             raise ValueError(f"'{value}' is not host:port")
         host = m.group("h6") or m.group("h")
         port = int(m.group("p6") or m.group("p") or 443)
@@ -241,6 +245,7 @@ def _semantic_problems(inv: Inventory) -> list[str]:
             out.append(f"{src}: discovery[{i}]: needs 'kind' (tls, files, acm, kubernetes, s3)")
         else:
             out += _inline_secrets(f"{src}: discovery[{i}]", src_cfg)
+    out += _inline_secrets(f"{src}: store", inv.store.model_extra or {})
     for section in ("issuers", "targets"):
         for name, cfg in getattr(inv, section).items():
             where = f"{src}: {section}.{name}"
@@ -268,10 +273,37 @@ def _inline_secrets(where: str, cfg: Any, path: str = "") -> list[str]:
     return out
 
 
+class _DuplicateKey(yaml.YAMLError):
+    def __init__(self, key: Any, line: int, first: int):
+        self.key, self.line, self.first = key, line, first
+        super().__init__(f"duplicate key {key!r}")
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping (YAML lets the last win)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                hash(key)
+            except TypeError:
+                continue  # the base class reports unhashable keys
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise _DuplicateKey(key, line, seen[key])
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
 def parse(text: str, source: str = "inventory.yaml", base_dir: str | Path = ".") -> Inventory:
     """Parse and validate inventory text. Raises InventoryError listing every problem."""
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    except _DuplicateKey as exc:
+        raise InventoryError([f"{source}: line {exc.line}: duplicate key '{exc.key}' (first at line {exc.first}); "
+                              "YAML would silently keep only the last one"]) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
@@ -294,4 +326,4 @@ def load(path: str | Path) -> Inventory:
         text = path.read_text()
     except OSError as exc:
         raise InventoryError([f"{path}: cannot read inventory ({exc.strerror})"]) from None
-    return parse(text, source=path.name, base_dir=path.resolve().parent)
+    return parse(text, source=str(path), base_dir=path.resolve().parent)

@@ -9,8 +9,6 @@ nothing goes dark → report a timeline. A dry run prints the plan and changes n
 from __future__ import annotations
 
 import contextlib
-from typing import Literal
-
 from prefect import flow, get_run_logger
 from prefect.states import Completed, Failed
 
@@ -26,8 +24,7 @@ from certfleet.tasks.verify import verify_certificate
 
 
 # RFC 5280 reasons a CA accepts on revocation: a dropdown in the UI, not free text.
-Reason = Literal["keyCompromise", "superseded", "cessationOfOperation", "affiliationChanged",
-                 "privilegeWithdrawn", "unspecified"]
+Reason = emergency.Reason
 
 
 @flow(name="emergency-rotation")

@@ -112,7 +112,7 @@ def register(add) -> None:
         Examples:
           certfleet rotate --emergency shop --dry-run                 # the plan; nothing changes
           certfleet rotate --emergency --sharing-key-with shop        # every certificate with shop's key
-          certfleet rotate --emergency --issuer letsencrypt --reason cACompromise
+          certfleet rotate --emergency --issuer letsencrypt --reason superseded
           certfleet rotate --emergency --target lb-1 --reason superseded
 
         Selectors add up (a union). Old certificates are revoked only after every
@@ -125,8 +125,10 @@ def register(add) -> None:
                     help="also every certificate using the same key as this certificate or public-key fingerprint (repeatable)")
     sp.add_argument("--issuer", help="also every certificate from this inventory issuer (or whose CA name contains it)")
     sp.add_argument("--target", help="also every certificate deployed to this target")
-    sp.add_argument("--reason", default="keyCompromise", help="RFC 5280 revocation reason (default keyCompromise; "
-                    "e.g. superseded, cessationOfOperation, cACompromise)")
+    from certfleet.emergency import ACCEPTED_REASONS
+
+    sp.add_argument("--reason", default="keyCompromise", choices=ACCEPTED_REASONS,
+                    help="RFC 5280 revocation reason an ACME CA accepts (default keyCompromise)")
     sp.add_argument("--dry-run", action="store_true", help="print the plan and change nothing")
     sp.add_argument("--force-revoke", action="store_true", help="with keyCompromise: revoke even where an endpoint still serves the old certificate")
     sp.add_argument("--verify-deadline", type=float, default=120.0, help="seconds to wait for endpoints to serve the new certificates (default 120)")
