@@ -30,10 +30,18 @@ class PreflightError(RuntimeError):
 def deploy(certificate: str, serial: str, target_name: str, target: Target, store: LocalStore, *,
            hostnames: tuple[str, ...], roots: list | None = None,
            accepted_key_types: tuple[str, ...] | None = None) -> Receipt:
+    return _deploy(certificate, serial, target_name, target, store, hostnames=hostnames, roots=roots,
+                   accepted_key_types=accepted_key_types)[0]
+
+
+def _deploy(certificate: str, serial: str, target_name: str, target: Target, store: LocalStore, *,
+            hostnames: tuple[str, ...], roots: list | None = None,
+            accepted_key_types: tuple[str, ...] | None = None) -> tuple[Receipt, str | None]:
+    """``deploy``, also returning the serial the target held before (what a rollback restores)."""
     held = target.current()
     if held == serial:
         log.info("target '%s' already holds %s@%s; nothing to do", target_name, certificate, serial)
-        return Receipt(target_name, certificate, serial, changed=False, detail="already current")
+        return Receipt(target_name, certificate, serial, changed=False, detail="already current"), held
     fullchain = store.load_fullchain(certificate, serial)
     key_pem = store.load_key(certificate, serial)
     check = _preflight(policy.DistributeInput(
@@ -46,7 +54,7 @@ def deploy(certificate: str, serial: str, target_name: str, target: Target, stor
     if isinstance(target, Activatable):
         target.activate()
     return Receipt(target_name, certificate, serial, changed=True,
-                   detail=f"replaced {held or 'nothing'}; {receipt.detail}", at=receipt.at)
+                   detail=f"replaced {held or 'nothing'}; {receipt.detail}", at=receipt.at), held
 
 
 #: How long a passed preflight of identical inputs is reused (a fan-out checks one
@@ -120,12 +128,13 @@ def rollout(certificate: str, serial: str, target_name: str, target: Target, sto
     """One target's transaction: deploy → verify the endpoints it feeds → roll back on failure.
 
     An unchanged target is verified too (it may hold the serial and still not serve it,
-    e.g. a reload that never happened), but never rolled back: we wrote nothing.
+    e.g. a reload that never happened), but never rolled back: we wrote nothing. Nor is
+    a target rolled back to a serial the store records as revoked.
     """
     from certfleet.verification import verify
 
-    receipt = deploy(certificate, serial, target_name, target, store, hostnames=hostnames,
-                     roots=roots, accepted_key_types=accepted_key_types)
+    receipt, previous = _deploy(certificate, serial, target_name, target, store, hostnames=hostnames,
+                                roots=roots, accepted_key_types=accepted_key_types)
     if not endpoints:
         return receipt
     # First re-probe soon: a reload usually lands within tens of milliseconds, and a
@@ -137,6 +146,10 @@ def rollout(certificate: str, serial: str, target_name: str, target: Target, sto
     why = "; ".join(v.check.message for v in failed)
     if not receipt.changed:
         raise RolloutError(f"target '{target_name}' holds {certificate}@{serial} but its endpoints do not serve it: {why}")
+    revoked = store.revocations(certificate).get(previous or "")
+    if revoked:  # never put a revoked certificate back: keep the new one and say so
+        raise RolloutError(f"target '{target_name}': verification failed ({why}); not rolled back: the previous "
+                           f"certificate {previous} was revoked ({revoked.get('reason', '?')}) and must not be served again")
     try:
         restored = rollback(target_name, target)
     except Exception as exc:  # noqa: BLE001 - reported with the verification failure

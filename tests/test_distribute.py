@@ -147,6 +147,23 @@ def test_verification_failure_rolls_the_target_back(prefect_harness, fleet):
     assert serving(fleet) == {n: fleet["old"] for n in NAMES}
 
 
+def test_verification_failure_never_rolls_back_to_a_revoked_serial(prefect_harness, fleet):
+    # As above, but the certificate the target held before was revoked (an emergency
+    # rotation recorded it): putting it back would serve a revoked certificate.
+    elsewhere = fleet["tmp"] / "elsewhere"
+    elsewhere.mkdir()
+    for ext in ("pem", "key"):
+        (elsewhere / f"a.{ext}").write_bytes((fleet["tls"] / f"a.{ext}").read_bytes())
+    fleet["targets"]["a"].update(fullchain_path="elsewhere/a.pem", key_path="elsewhere/a.key")
+    fleet["canary"] = ["a"]
+    write(fleet)
+    fleet["store"].record_revocation("shop", fleet["old"], "keyCompromise")
+    state = run(fleet, verify_deadline=1)
+    assert state.is_failed()
+    assert "shop → a" in state.message and f"not rolled back: the previous certificate {fleet['old']} was revoked (keyCompromise)" in state.message, state.message
+    assert pki.serial_hex(pki.load_certs((elsewhere / "a.pem").read_bytes())[0]) == fleet["new"]
+
+
 def test_failed_canary_holds_back_the_rest(prefect_harness, fleet):
     fleet["canary"] = ["a"]
     fleet["targets"]["a"]["reload_command"] = ["true"]  # the canary never goes live
