@@ -269,3 +269,49 @@ def test_json_covers_errors_and_every_command(tmp_path, capsys):
     assert out == {"ok": True, "exit_code": 0, "output": out["output"]} and "wrote" in out["output"][0]
     assert main(["validate", "-i", str(good / "inventory.yaml"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["output"][0].endswith(": OK")
+
+
+# -- restore: undo, against Pebble + nginx ------------------------------------------
+
+@pytest.mark.services
+def test_restore_puts_a_previous_version_back_and_refuses_revoked_or_expired(prefect_harness, fleet, local_ca, capsys):
+    from datetime import datetime, timedelta, timezone
+
+    from tests.plugins.fleet import served_serial
+
+    inv, store, port = str(fleet["inventory"]), fleet["store"], fleet["port"]
+    assert main(["run", "-i", inv, "--json"]) == 0, capsys.readouterr()
+    first = store.current("shop").serial
+    assert main(["renew", "shop", "--force", "-i", inv]) == 0
+    assert main(["distribute", "shop", "-i", inv]) == 0
+    second = store.current("shop").serial
+    assert second != first and served_serial(port, "shop.test", fleet["roots"]) == second
+    capsys.readouterr()
+
+    assert main(["restore", "shop", "--serial", first, "-i", inv, "--json"]) == 0, capsys.readouterr().err
+    out = json.loads(capsys.readouterr().out)
+    assert out["restored"] == first and out["previous"] == second and out["ok"] is True
+    assert store.current("shop").serial == first
+    # An independent handshake (stdlib ssl), not certfleet's probe: nginx serves it again.
+    assert served_serial(port, "shop.test", fleet["roots"]) == first
+    assert served_serial(port, "www.shop.test", fleet["roots"]) == first
+
+    # Refusals: one line, exit 2, nothing written (store pointer and target files untouched).
+    pem = fleet["prod"] / "shop.pem"
+    before = (pem.stat().st_mtime_ns, pem.read_bytes())
+    store.record_revocation("shop", second, "keyCompromise")
+    assert main(["restore", "shop", "--serial", second, "-i", inv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "was revoked (keyCompromise" in err[0] and "nothing written" in err[0]
+    now = datetime.now(timezone.utc)
+    chain, key = local_ca.issue(["shop.test", "www.shop.test"], not_before=now - timedelta(days=2),
+                                not_after=now - timedelta(hours=1))
+    expired = store.put("shop", chain, key, make_current=False).serial
+    assert main(["restore", "shop", "--serial", expired, "-i", inv, "--json"]) == 2
+    out = json.loads(capsys.readouterr().out)
+    assert out["exit_code"] == 2 and f"serial {expired} expired at" in out["error"]
+    assert main(["restore", "shop", "--serial", "abc123", "-i", inv]) == 2
+    assert "no stored version with serial abc123" in capsys.readouterr().err
+    assert store.current("shop").serial == first
+    assert (pem.stat().st_mtime_ns, pem.read_bytes()) == before
+    assert served_serial(port, "shop.test", fleet["roots"]) == first
