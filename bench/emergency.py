@@ -156,7 +156,7 @@ def main() -> None:
                 kube_cm, kube_url, kube_note = None, None, f"NO Kubernetes: kmock did not start ({exc})"
             try:
                 inv, port, nginx, kinds = build_fleet(workdir, n, pebble, s3_url, kube_url)
-                from certfleet.blocks.solvers.challtestsrv import ChallTestSrvSolver
+                from certfleet_dev.challtestsrv import ChallTestSrvSolver
                 from certfleet.store import LocalStore
 
                 solver = ChallTestSrvSolver(url=pebble.challtestsrv_url)

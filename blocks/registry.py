@@ -16,6 +16,7 @@ from typing import Any
 from prefect.blocks.core import Block
 from pydantic import ValidationError
 
+from certfleet.blocks.solvers import DEV_INSTALL_HINT, DEV_SOLVERS
 from certfleet.inventory import Inventory, InventoryError, format_errors
 
 
@@ -29,14 +30,14 @@ def _issuer_kinds() -> dict[str, type[Block]]:
 
 @cache  # imported once: a 1,000-target fan-out would queue on the import lock
 def _solver_kinds() -> dict[str, type[Block]]:
-    from certfleet.blocks.solvers.challtestsrv import ChallTestSrvSolver
+    from certfleet.blocks.solvers import dev_solver_kinds
     from certfleet.blocks.solvers.cloudflare import CloudflareSolver
     from certfleet.blocks.solvers.rfc2136 import Rfc2136Solver
     from certfleet.blocks.solvers.route53 import Route53Solver
     from certfleet.blocks.solvers.webroot import WebrootSolver
 
-    return {"challtestsrv": ChallTestSrvSolver, "rfc2136": Rfc2136Solver, "route53": Route53Solver,
-            "cloudflare": CloudflareSolver, "webroot": WebrootSolver}
+    return {"rfc2136": Rfc2136Solver, "route53": Route53Solver,
+            "cloudflare": CloudflareSolver, "webroot": WebrootSolver, **dev_solver_kinds()}
 
 
 @cache  # imported once: a 1,000-target fan-out would queue on the import lock
@@ -105,6 +106,10 @@ def _build(kinds: dict[str, type[Block]], section: str, name: str, cfg: dict, in
         except Exception as exc:
             raise InventoryError([f"{where}.block: cannot load block '{cfg['block']}' ({exc})"]) from None
     kind = cfg.get("kind")
+    if kind not in kinds and what == "solver" and kind in DEV_SOLVERS:
+        raise InventoryError([f"{where}.kind: solver kind '{kind}' is a test tool (Pebble's fake DNS), offered only "
+                              f"with the development tools: {DEV_INSTALL_HINT}; in production use one of "
+                              f"{', '.join(sorted(kinds))}"])
     if kind not in kinds:
         raise InventoryError([f"{where}.kind: unknown {what or section.rstrip('s')} kind '{kind}' (known: {', '.join(sorted(kinds))})"])
     base = Path(inv.base_dir)

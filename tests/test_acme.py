@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from certfleet.blocks.issuers.acme import AcmeIssuer
-from certfleet.blocks.solvers.challtestsrv import ChallTestSrvSolver
+from certfleet_dev.challtestsrv import ChallTestSrvSolver
 from certfleet.acme_client import (
     AcmeClient,
     AcmeError,

@@ -325,7 +325,7 @@ def test_ari_failure_falls_back_to_the_lifetime_rule(tmp_path, local_ca, caplog)
 @pytest.mark.services
 def test_pebble_without_ari_falls_back_and_issues(pebble, tmp_path, local_ca, issued_since):
     from certfleet.blocks.issuers.acme import AcmeIssuer
-    from certfleet.blocks.solvers.challtestsrv import ChallTestSrvSolver
+    from certfleet_dev.challtestsrv import ChallTestSrvSolver
 
     acme = AcmeIssuer(directory_url=pebble.directory_url, ca_bundle=str(pebble.ca_cert_path),
                       account_key_path=str(tmp_path / "acct.pem"),

@@ -16,7 +16,7 @@ from typing import Union
 from prefect.blocks.core import Block
 from pydantic import Field, PrivateAttr, SecretStr
 
-from certfleet.blocks.solvers.challtestsrv import ChallTestSrvSolver
+from certfleet.blocks.solvers import dev_solver_kinds
 from certfleet.blocks.solvers.cloudflare import CloudflareSolver
 from certfleet.blocks.solvers.rfc2136 import Rfc2136Solver
 from certfleet.blocks.solvers.route53 import Route53Solver
@@ -28,7 +28,8 @@ from certfleet.contracts import IssuanceRequest, Issued
 log = logging.getLogger(__name__)
 
 # Every solver block the issuer accepts (dns-01 and http-01); add new solver blocks here.
-SolverBlock = Union[ChallTestSrvSolver, Rfc2136Solver, Route53Solver, CloudflareSolver, WebrootSolver]
+# Test-only solvers (challtestsrv) join only where certfleet-dev is installed.
+SolverBlock = Union[(Rfc2136Solver, Route53Solver, CloudflareSolver, WebrootSolver, *dev_solver_kinds().values())]
 
 
 class AcmeIssuer(Block):

@@ -1,7 +1,11 @@
 """dns-01 solver for pebble-challtestsrv, the fake DNS server that ships with Pebble.
 
 Used in tests, the demo and benchmarks: it publishes TXT records through
-challtestsrv's management API, which Pebble's validator then resolves.
+challtestsrv's management API, which Pebble's validator then resolves. It ships with
+the development tools (certfleet-dev), not the runtime package: with certfleet-dev
+installed, ``certfleet.blocks.solvers.dev_solver_kinds()`` offers it as the solver
+kind ``challtestsrv``; without it, an inventory naming that kind is refused with an
+error that says how to install it.
 """
 
 from __future__ import annotations
