@@ -7,7 +7,11 @@ constraints, key usage, SANs. The CA keys sit in ``directory`` with mode 0600.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import json
 import os
+import threading
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -17,15 +21,35 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from certfleet import keys, pki
+from certfleet.fsutil import atomic_write
 from certfleet.models import KeyType
 
 _ROOT, _INTER = "root", "intermediate"
 
 
 def _write_private(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
+    atomic_write(path, data, 0o600)
+
+
+_thread_locks: dict[str, threading.Lock] = {}
+_thread_locks_guard = threading.Lock()
+
+
+@contextlib.contextmanager
+def _ca_lock(directory: Path):
+    """Serialise changes to a CA directory: a thread lock (flock is per open file, so two
+    threads of one process would not exclude each other reliably) plus ``flock`` on
+    ``<directory>/.lock`` for other processes."""
+    directory.mkdir(parents=True, exist_ok=True)
+    with _thread_locks_guard:
+        tlock = _thread_locks.setdefault(str(directory.resolve()), threading.Lock())
+    with tlock:
+        fd = os.open(directory / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
 
 
 def _name(cn: str) -> x509.Name:
@@ -77,10 +101,12 @@ class LocalCA:
         root = _ca_cert(f"{name} root", root_key, None, None, 3650, 1)
         inter_key = keys.generate_key(KeyType.EC_P256)
         inter = _ca_cert(f"{name} intermediate", inter_key, root, root_key, 1825, 0)
+        # Each file written to a temp name and renamed; intermediate.key last, since its
+        # presence is what load_or_create takes as "a complete CA is here".
         _write_private(directory / f"{_ROOT}.key", keys.key_to_pem(root_key))
+        atomic_write(directory / f"{_ROOT}.pem", pki.to_pem([root]), 0o644)
+        atomic_write(directory / f"{_INTER}.pem", pki.to_pem([inter]), 0o644)
         _write_private(directory / f"{_INTER}.key", keys.key_to_pem(inter_key))
-        (directory / f"{_ROOT}.pem").write_bytes(pki.to_pem([root]))
-        (directory / f"{_INTER}.pem").write_bytes(pki.to_pem([inter]))
         return cls(directory, root, inter, inter_key)
 
     @classmethod
@@ -93,9 +119,28 @@ class LocalCA:
 
     @classmethod
     def load_or_create(cls, directory: Path, name: str = "certfleet local CA") -> "LocalCA":
-        if (Path(directory) / f"{_INTER}.key").exists():
+        """Load the CA, creating it first if absent. Under the CA lock: of two threads or
+        processes starting at once, one creates and the other loads that same CA."""
+        directory = Path(directory)
+        if (directory / f"{_INTER}.key").exists():
             return cls.load(directory)
-        return cls.create(directory, name)
+        with _ca_lock(directory):
+            if (directory / f"{_INTER}.key").exists():
+                return cls.load(directory)
+            return cls.create(directory, name)
+
+    # -- revocation: <directory>/revoked.json, what a CRL would be made from ---------
+    def revoke(self, serial: str, reason: int = 0) -> None:
+        """Record ``serial`` as revoked; read-modify-write under the CA lock, so
+        concurrent revocations (threads or processes) all land."""
+        with _ca_lock(self.directory):
+            revoked = self.revoked()
+            revoked[serial] = {"reason": reason, "at": datetime.now(timezone.utc).isoformat()}
+            atomic_write(self.directory / "revoked.json", json.dumps(revoked, indent=2).encode(), 0o644)
+
+    def revoked(self) -> dict:
+        path = self.directory / "revoked.json"
+        return json.loads(path.read_text()) if path.exists() else {}
 
     @property
     def root_pem(self) -> bytes:

@@ -36,22 +36,12 @@ class LocalCAIssuer(Block):
 
     def revoke(self, cert_pem: bytes, reason: int = 0) -> None:
         """Record the serial in ``<directory>/revoked.json`` (what a CRL would be made from)."""
-        import json
-
         from certfleet import pki
-        from certfleet.fsutil import atomic_write
 
-        serial = pki.serial_hex(pki.load_certs(cert_pem)[0])
-        path = Path(self.directory) / "revoked.json"
-        revoked = json.loads(path.read_text()) if path.exists() else {}
-        revoked[serial] = {"reason": reason, "at": datetime.now(timezone.utc).isoformat()}
-        atomic_write(path, json.dumps(revoked, indent=2).encode(), 0o644)
+        self._ca().revoke(pki.serial_hex(pki.load_certs(cert_pem)[0]), reason)
 
     def revoked(self) -> dict:
-        import json
-
-        path = Path(self.directory) / "revoked.json"
-        return json.loads(path.read_text()) if path.exists() else {}
+        return LocalCA(Path(self.directory), None, None, None).revoked()  # type: ignore[arg-type]
 
     def roots_pem(self) -> bytes:
         return self._ca().root_pem
