@@ -46,7 +46,8 @@ def _deploy(certificate: str, serial: str, target_name: str, target: Target, sto
     key_pem = store.load_key(certificate, serial)
     check = _preflight(policy.DistributeInput(
         certificate=certificate, fullchain_pem=fullchain, key_pem=key_pem, hostnames=hostnames,
-        roots=tuple(roots or ()), now=datetime.now(timezone.utc), accepted_key_types=accepted_key_types))
+        roots=None if roots is None else tuple(roots), now=datetime.now(timezone.utc),
+        accepted_key_types=accepted_key_types))
     if not check.ok:
         raise PreflightError(target_name, check)
     log.info("target '%s': deploying %s@%s (was %s)", target_name, certificate, serial, held or "nothing")
@@ -74,7 +75,8 @@ def _preflight(i: policy.DistributeInput) -> CheckResult:
     """
     h = hashlib.sha256()
     for part in (i.certificate.encode(), i.fullchain_pem, i.key_pem, "\0".join(i.hostnames).encode(),
-                 *(pki.to_pem([r]) for r in i.roots), repr(i.accepted_key_types).encode()):
+                 *(pki.to_pem([r]) for r in i.roots or ()), repr(i.roots is None).encode(),
+                 repr(i.accepted_key_types).encode()):
         h.update(len(part).to_bytes(8, "big"))
         h.update(part)
     digest = h.digest()
@@ -83,7 +85,7 @@ def _preflight(i: policy.DistributeInput) -> CheckResult:
         good_until = _preflight_passed.get(digest)
     if good_until is not None and now < good_until:
         return CheckResult(True, "OK", "preflight passed (same bundle, names and roots)")
-    check = policy.safe_to_distribute(i)
+    check = policy.safe_to_ship(i)
     if check.ok:
         chain = pki.load_certs(i.fullchain_pem)
         expires_in = min(c.not_valid_after_utc for c in chain) - (i.now or datetime.now(timezone.utc))

@@ -29,7 +29,7 @@ from pydantic import (
     model_validator,
 )
 
-from certfleet import pki
+from certfleet import names, pki
 from certfleet.models import Endpoint, KeyType
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
@@ -220,7 +220,10 @@ def _semantic_problems(inv: Inventory) -> list[str]:
             out.append(f"{where}.name: '{cert.name}' is already used by certificates[{seen[cert.name]}]")
         seen.setdefault(cert.name, i)
         for j, d in enumerate(cert.domains):
-            if not pki.is_valid_dns_name(d):
+            bad = names.name_problem(d)  # no certfleet issuer issues IP SANs (see certfleet.names)
+            if bad is not None:
+                out.append(f"{where}.domains[{j}]: {bad[1]}")
+            elif not pki.is_valid_dns_name(d):
                 out.append(f"{where}.domains[{j}]: '{d}' is not a valid DNS name")
         if cert.issuer in inv.issuers and isinstance(inv.issuers[cert.issuer], dict):
             fb = inv.issuers[cert.issuer].get("fallback")

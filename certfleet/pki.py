@@ -270,5 +270,40 @@ def _issuer_missing(leaf, intermediates, roots) -> bool:
     return leaf.issuer not in {r.subject for r in roots}
 
 
+_system_roots: list | None = None
+
+
+def system_roots() -> list[x509.Certificate]:
+    """This machine's trust store (what clients of public CAs trust), parsed once.
+
+    The OpenSSL default CA file (Debian: /etc/ssl/certs/ca-certificates.crt); a block
+    that does not parse is skipped. Empty when the machine has no store.
+    """
+    global _system_roots
+    if _system_roots is None:
+        import ssl
+
+        found: list[x509.Certificate] = []
+        cafile = ssl.get_default_verify_paths().cafile
+        try:
+            data = open(cafile, "rb").read() if cafile else b""
+        except OSError:
+            data = b""
+        import warnings
+
+        try:
+            with warnings.catch_warnings():  # old roots with negative serials: still usable
+                warnings.simplefilter("ignore")
+                found = x509.load_pem_x509_certificates(data) if data else []
+        except ValueError:
+            for m in _PEM_BLOCK.finditer(data):
+                try:
+                    found.append(x509.load_pem_x509_certificate(m.group(0)))
+                except ValueError:
+                    continue
+        _system_roots = found
+    return list(_system_roots)
+
+
 def to_pem(certs: list[x509.Certificate]) -> bytes:
     return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs)

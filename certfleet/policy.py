@@ -130,18 +130,34 @@ def needs_reissue(i: ReissueInput) -> CheckResult:
     return run_chain(REISSUE_CHECKS, i)
 
 
-# -- "safe to distribute?" -------------------------------------------------------
+# -- "safe to ship?" --------------------------------------------------------------
+#
+# One chain for every place a certificate is accepted: `certfleet import`, renewal's
+# check of what the CA returned before it is stored, and distribution's preflight
+# before a target is written. Each check returns (ok, reason, message).
+
+#: Key types that meet the minimum strength. Ed25519 only where a target says it accepts it.
+STRONG_EC_CURVES = ("ec-p256", "ec-p384")
+MIN_RSA_BITS = 2048
 
 
 @dataclass(frozen=True)
 class DistributeInput:
+    """A certificate and its key, about to be shipped (imported, stored or deployed).
+
+    ``roots``: the trust bundle to validate the chain to; ``None`` means this machine's
+    trust store (what clients of public CAs use). ``check_trust=False`` skips only the
+    chain validation (renewal: the CA's own answer; trust is proven at preflight).
+    """
+
     certificate: str
     fullchain_pem: bytes
     key_pem: bytes = field(repr=False)
     hostnames: tuple[str, ...]
-    roots: tuple = ()
+    roots: tuple | None = ()
     now: datetime | None = None
     accepted_key_types: tuple[str, ...] | None = None
+    check_trust: bool = True
 
     @cached_property
     def chain(self) -> list:
@@ -165,11 +181,45 @@ def _key_matches(i: DistributeInput) -> CheckResult:
     return CheckResult(True, "OK")
 
 
+def _key_strength(i: DistributeInput) -> CheckResult:
+    leaf = i.chain[0]
+    kt = pki.key_type_of(leaf.public_key())
+    if kt.startswith("rsa-") and kt[4:].isdigit() and int(kt[4:]) >= MIN_RSA_BITS:
+        return CheckResult(True, "OK")
+    if kt in STRONG_EC_CURVES:
+        return CheckResult(True, "OK")
+    if kt == "ed25519" and i.accepted_key_types is not None and "ed25519" in i.accepted_key_types:
+        return CheckResult(True, "OK")
+    why = "Ed25519 only where a target accepts it" if kt == "ed25519" else \
+        f"minimum: RSA {MIN_RSA_BITS} bits, EC P-256 or P-384"
+    return CheckResult(False, "WEAK_KEY", f"certificate '{i.certificate}' ({pki.serial_hex(leaf)}) uses a {kt} key; {why}")
+
+
+def _validity_window(i: DistributeInput) -> CheckResult:
+    info = pki.describe(i.chain[0])
+    now = i.now or datetime.now(info.not_after.tzinfo)
+    if now > info.not_after:
+        return CheckResult(False, "EXPIRED", f"certificate '{i.certificate}' ({info.serial}) expired at {info.not_after:%Y-%m-%d %H:%M}Z")
+    if now < info.not_before:
+        return CheckResult(False, "NOT_YET_VALID", f"certificate '{i.certificate}' ({info.serial}) is not valid before {info.not_before:%Y-%m-%d %H:%M}Z")
+    return CheckResult(True, "OK")
+
+
 def _covers(i: DistributeInput) -> CheckResult:
     leaf = i.chain[0]
     missing = pki.uncovered(pki.sans_of(leaf), i.hostnames)
     if missing:
         return CheckResult(False, "SANS_DO_NOT_COVER", f"certificate '{i.certificate}' ({', '.join(pki.sans_of(leaf))}) does not cover {', '.join(missing)}")
+    return CheckResult(True, "OK")
+
+
+def _names_valid(i: DistributeInput) -> CheckResult:
+    from certfleet import names
+
+    for n in (*i.hostnames, *(s for s in pki.sans_of(i.chain[0]) if not names.is_ip_literal(s))):
+        bad = names.name_problem(n, allow_ip=n not in i.hostnames)
+        if bad is not None:
+            return CheckResult(False, bad[0], f"certificate '{i.certificate}': {bad[1]}")
     return CheckResult(True, "OK")
 
 
@@ -184,27 +234,28 @@ def _key_type_accepted(i: DistributeInput) -> CheckResult:
 
 
 def _chain_valid(i: DistributeInput) -> CheckResult:
+    if not i.check_trust:
+        return CheckResult(True, "OK", "trust not checked here")
     chain = i.chain
-    if not i.roots:
-        # Without roots we can still refuse expired / not-yet-valid certificates.
-        info = pki.describe(chain[0])
-        now = i.now or datetime.now(info.not_after.tzinfo)
-        if now > info.not_after:
-            return CheckResult(False, "EXPIRED", f"certificate '{i.certificate}' ({info.serial}) expired at {info.not_after:%Y-%m-%d %H:%M}Z")
-        if now < info.not_before:
-            return CheckResult(False, "NOT_YET_VALID", f"certificate '{i.certificate}' ({info.serial}) is not valid before {info.not_before:%Y-%m-%d %H:%M}Z")
-        return CheckResult(True, "OK")
-    res = pki.verify_chain(chain[0], chain[1:], list(i.roots), None, i.now)
+    roots = pki.system_roots() if i.roots is None else list(i.roots)
+    where = "this machine's trust store (no trust_bundle set)" if i.roots is None else "the trust bundle"
+    res = pki.verify_chain(chain[0], chain[1:], roots, None, i.now)
     if not res.ok:
-        return CheckResult(False, res.reason, f"certificate '{i.certificate}': {res.message}")
+        return CheckResult(False, res.reason, f"certificate '{i.certificate}' does not validate to {where}: {res.message}")
     return res
 
 
-DISTRIBUTE_CHECKS: tuple[Check, ...] = (_parses, _key_matches, _chain_valid, _covers, _key_type_accepted)
+SHIP_CHECKS: tuple[Check, ...] = (_parses, _key_matches, _key_strength, _key_type_accepted, _validity_window,
+                                  _chain_valid, _covers, _names_valid)
+DISTRIBUTE_CHECKS = SHIP_CHECKS
 
 
-def safe_to_distribute(i: DistributeInput) -> CheckResult:
-    return run_chain(DISTRIBUTE_CHECKS, i)
+def safe_to_ship(i: DistributeInput) -> CheckResult:
+    """The one "safe to ship?" chain: import, renewal's store check and preflight use it."""
+    return run_chain(SHIP_CHECKS, i)
+
+
+safe_to_distribute = safe_to_ship
 
 
 # -- "verified?" -----------------------------------------------------------------

@@ -169,12 +169,14 @@ def issue_version(spec: CertificateSpec, store: LocalStore, issuer: Issuer, *, i
         raise
     if ledger is not None:
         ledger.record_issued(spec.domains)
-    chain = pki.order_chain(pki.load_certs(issued.fullchain_pem))
-    if not pki.key_matches(chain[0], key):
-        raise RenewalError(f"certificate '{spec.name}': issuer '{issuer_name}' returned a certificate for another key; nothing stored")
-    missing = pki.uncovered(pki.sans_of(chain[0]), spec.domains)
-    if missing:
-        raise RenewalError(f"certificate '{spec.name}': issuer '{issuer_name}' returned a certificate that does not cover {', '.join(missing)}; nothing stored")
+    # The one "safe to ship?" chain (policy.safe_to_ship), trust aside: the CA's roots
+    # need not be on the renewing worker; preflight proves the chain before any write.
+    check = policy.safe_to_ship(policy.DistributeInput(
+        certificate=spec.name, fullchain_pem=issued.fullchain_pem, key_pem=key_pem,
+        hostnames=tuple(d.lower() for d in spec.domains), now=datetime.now(timezone.utc), check_trust=False))
+    if not check.ok:
+        raise RenewalError(f"certificate '{spec.name}': issuer '{issuer_name}' returned a certificate that fails "
+                           f"{check.reason}: {check.message}; nothing stored")
     version = store.put(spec.name, issued.fullchain_pem, key_pem, issuer=issuer_name)
     log.info("certificate '%s': stored serial %s (expires %s)", spec.name, version.serial, version.info.not_after.isoformat())
     return version

@@ -47,8 +47,10 @@ def file_fleet(tmp_path, local_ca):
         domains = ", ".join(["api.corp.test"] if name == "api" else ["intranet.corp.test", "wiki.corp.test"])
         certificates.append(f"  - {{name: {name}, domains: [{domains}], issuer: internal, targets: [{', '.join(names)}]}}")
     inv = tmp_path / "inventory.yaml"
+    (tmp_path / "roots.pem").write_bytes(local_ca.root_pem)  # preflight validates the chain to it
     inv.write_text(textwrap.dedent(f"""\
         store: {{path: store}}
+        trust_bundle: roots.pem
         issuers:
           internal: {{kind: local-ca, directory: {local_ca.directory}}}
         """) + "targets:\n" + "\n".join(targets) + "\ncertificates:\n" + "\n".join(certificates) + "\n")

@@ -54,16 +54,23 @@ def _check_adoption(inv, store, name: str, cert_file: str, key_file: str, now: d
         raise UsageError(f"{label}: {key_file}: {exc} (an encrypted key must be decrypted first)") from None
     leaf = chain[0]
     serial = pki.serial_hex(leaf)
-    if not pki.key_matches(leaf, key):
-        raise UsageError(f"{label}: {key_file} does not match certificate {serial} in {cert_file}; nothing written")
     info = pki.describe(leaf)
-    missing = pki.uncovered(info.sans, [d.lower() for d in spec.domains])
-    if missing:
-        raise UsageError(f"{label}: certificate {serial} in {cert_file} does not cover {', '.join(missing)} "
-                         f"(its names: {', '.join(info.sans) or 'none'}; the inventory wants {', '.join(spec.domains)}); nothing written")
-    if info.not_after <= now:
-        raise UsageError(f"{label}: certificate {serial} in {cert_file} expired {info.not_after:%Y-%m-%d %H:%M}Z; "
-                         "nothing to adopt (run `certfleet renew` instead)")
+    # The one "safe to ship?" chain (certfleet.policy): the same checks renewal and
+    # preflight apply. Roots: the inventory's trust bundle, else this machine's store.
+    from certfleet import distribution
+
+    bundle = inv.trust_bundle_for(spec)
+    try:
+        roots = distribution.load_roots(bundle)
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"{label}: trust bundle {bundle}: cannot read ({getattr(exc, 'strerror', None) or exc}); nothing written") from None
+    check = policy.safe_to_ship(policy.DistributeInput(
+        certificate=name, fullchain_pem=pem, key_pem=key_pem, hostnames=tuple(d.lower() for d in spec.domains),
+        roots=None if roots is None else tuple(roots), now=now))
+    if not check.ok:
+        hint = " (run `certfleet renew` instead)" if check.reason == "EXPIRED" else ""
+        which = key_file if check.reason == "KEY_MISMATCH" else cert_file
+        raise UsageError(f"{label}: {which}: {check.reason}: {check.message}{hint}; nothing written")
     cur = store.current(name)
     if cur is not None and cur.serial != serial:
         raise UsageError(f"{label}: the store already has version {cur.serial} of '{name}' as current; "
@@ -122,9 +129,11 @@ def register(add) -> None:
           certfleet import --name shop --cert shop.pem --key shop.key --name api --cert api.pem --key api.key
 
         Every pair is checked before anything is written: the key matches the
-        certificate, NAME is in the inventory, the certificate's names cover every
-        domain the inventory lists for it, it has not expired, and the store has no
-        other current version of it. Any failure: exit 2, nothing written.
+        certificate and is strong enough (RSA >= 2048, EC P-256/P-384), NAME is in the
+        inventory, the certificate is inside its validity window, its chain validates
+        to the trust bundle (else this machine's trust store), its names cover every
+        domain the inventory lists for it and are valid names, and the store has no
+        other current version of it. Any failure: one line, exit 2, nothing written.
 
         There is no --from-endpoint: a TLS handshake yields the certificate, never its
         private key. To watch certificates you cannot import, list their endpoints (or
