@@ -19,7 +19,6 @@ import logging
 import random
 import time
 from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
 from typing import Any, Callable, TypeVar
 
 import josepy as jose
@@ -31,7 +30,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from certfleet import ari
-from certfleet.challenges import DNS01, HttpSolver, describe, supported_types
+from certfleet.httputil import retry_after_seconds
+from certfleet.challenges import DNS01, HttpSolver, describe, dns01_info, supported_types
 from certfleet.contracts import DnsSolver, IssuanceRequest, Issued
 
 log = logging.getLogger(__name__)
@@ -55,6 +55,12 @@ class _NewOrder(messages.NewOrder):
 
 class AcmeError(Exception):
     """An ACME operation failed. ``transient`` says whether retrying later can help.
+
+    Retry ownership: every CA failure is retried *here*, per protocol step (badNonce on
+    every request, 5xx / connection errors / ``rateLimited`` with backoff and
+    Retry-After), so an ``AcmeError`` that reaches a caller has already had its retries
+    (``retried_by_client``). Callers must not retry it again: layers multiply (5 tries
+    inside 4 task attempts made 20 requests to a CA that was down).
 
     ``problem_type`` is the RFC 8555 short code (``rateLimited``, ``unauthorized``...)
     when the CA sent a problem document, ``detail`` the CA's own words, ``retry_after``
@@ -81,6 +87,9 @@ class AcmeError(Exception):
         self.retry_after = retry_after
         self.order_url = order_url
         self.identifier = identifier
+
+    #: The client's own retry layer has run for this error; callers add none.
+    retried_by_client = True
 
 
 @dataclass(frozen=True)
@@ -403,7 +412,12 @@ class AcmeClient:
                 log.debug("acme: %s already authorized, skipping validation", domain)
                 continue
             challb = self._pick_challenge(authz, types)
-            response, validation = challb.response_and_validation(self._key)
+            response = challb.response(self._key)
+            key_authorization = challb.chall.key_authorization(self._key)
+            # dns-01: name and TXT value from the one helper every solver shares (lego's
+            # GetChallengeInfo); http-01 serves the key authorization itself.
+            validation = (dns01_info(domain, key_authorization).value if challb.chall.typ == DNS01
+                          else key_authorization)
             log.debug("acme: presenting %s for %s", challb.chall.typ, domain)
             self._publish(solver, challb, domain, validation, published)
             pending.append((authz, challb, response))
@@ -613,7 +627,7 @@ class AcmeClient:
 
     def _classify(self, step: str, exc: BaseException) -> AcmeError:
         """Map whatever ``acme``/``requests`` raised to an :class:`AcmeError`."""
-        status, retry_after = self._net.last_status, _seconds(self._net.last_retry_after)
+        status, retry_after = self._net.last_status, retry_after_seconds(self._net.last_retry_after)
         where = f"{step} at {self.directory_url}"
         if isinstance(exc, messages.Error):
             code = exc.code or exc.typ
@@ -653,17 +667,3 @@ def _describe(problem: messages.Error) -> str:
     code = problem.code or problem.typ or "error"
     return f"{code}: {problem.detail}" if problem.detail else str(code)
 
-
-def _seconds(retry_after: str | None) -> float | None:
-    """Retry-After as seconds (integer form, or an HTTP date), ``None`` if absent/garbled."""
-    if not retry_after:
-        return None
-    try:
-        return max(0.0, float(int(retry_after)))
-    except ValueError:
-        pass
-    try:
-        when = parsedate_to_datetime(retry_after)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, (when - dt.datetime.now(dt.timezone.utc)).total_seconds())

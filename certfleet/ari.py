@@ -19,7 +19,6 @@ import logging
 import random
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -27,6 +26,7 @@ from cryptography import x509
 
 from certfleet import policy
 from certfleet.fsutil import atomic_write
+from certfleet.httputil import retry_after_seconds  # the one Retry-After parser
 
 log = logging.getLogger(__name__)
 
@@ -89,21 +89,6 @@ def _when(value: Any, what: str) -> datetime:
     except ValueError:
         raise AriError(f"renewalInfo: suggestedWindow.{what} {value!r} is not an RFC 3339 time") from None
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
-
-
-def retry_after_seconds(value: str | None, now: datetime | None = None) -> float | None:
-    """Retry-After (delta seconds or HTTP date) as seconds; ``None`` if absent or garbled."""
-    if not value:
-        return None
-    try:
-        return max(0.0, float(int(value)))
-    except ValueError:
-        pass
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, (when - (now or datetime.now(timezone.utc))).total_seconds())
 
 
 def parse_window(body: Mapping[str, Any], retry_after: str | None = None) -> AriWindow:

@@ -13,12 +13,41 @@ validation against the CA's rate limits). No Prefect import.
 
 from __future__ import annotations
 
+import base64
+import hashlib
+from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from certfleet.contracts import DnsSolver
 
 DNS01 = "dns-01"
 HTTP01 = "http-01"
+
+
+@dataclass(frozen=True)
+class ChallengeInfo:
+    """Where and what a dns-01 answer is (lego's ``dns01.GetChallengeInfo``)."""
+
+    fqdn: str   # ``_acme-challenge.<domain>``: lower-case, no trailing dot, wildcard -> base name
+    value: str  # the TXT value: base64url(SHA-256(key authorization)), unpadded (RFC 8555 §8.4)
+
+
+def challenge_name(domain: str) -> str:
+    """``_acme-challenge.<domain>``, lower-case, without the trailing dot; ``*.x`` validates at ``x``.
+
+    The one place every dns-01 solver (RFC 2136, Route 53, Cloudflare, challtestsrv)
+    gets its record name from.
+    """
+    base = domain.strip().rstrip(".").lower().removeprefix("*.")
+    if not base:
+        raise ValueError("dns-01: empty domain")
+    return f"_acme-challenge.{base}"
+
+
+def dns01_info(domain: str, key_authorization: str) -> ChallengeInfo:
+    """The record name and TXT value for ``domain``'s dns-01 challenge, computed once, here."""
+    digest = hashlib.sha256(key_authorization.encode("ascii")).digest()
+    return ChallengeInfo(challenge_name(domain), base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii"))
 
 
 @runtime_checkable

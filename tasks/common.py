@@ -50,10 +50,18 @@ def roots_for(inv: inventory.Inventory, name: str) -> list | None:
 
 
 def not_permanent(task, task_run, state) -> bool:
-    """retry_condition_fn: retry only errors that a later attempt can cure."""
+    """retry_condition_fn: retry only errors that a later attempt can cure, and only once.
+
+    One retry layer per failure kind (docs/retries.md): an error whose own client
+    already retried it (``retried_by_client``, e.g. every ``AcmeError``) is not retried
+    again by the task — that would multiply the attempts. Task retries are for
+    transient infrastructure: a store or target that is briefly unreachable.
+    """
     try:
         state.result()
     except Exception as exc:  # noqa: BLE001 - classify, do not handle
+        if getattr(exc, "retried_by_client", False):
+            return False
         return bool(getattr(exc, "transient", False)) or isinstance(exc, (OSError, TimeoutError))
     return False
 

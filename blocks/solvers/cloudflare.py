@@ -22,6 +22,9 @@ import httpx
 from prefect.blocks.core import Block
 from pydantic import Field, PrivateAttr, SecretStr
 
+from certfleet.challenges import challenge_name  # the one dns-01 name (lego: GetChallengeInfo)
+from certfleet.httputil import retry_after_seconds
+
 log = logging.getLogger(__name__)
 
 _RETRY_STATUS = {429, 500, 502, 503, 504}
@@ -173,7 +176,7 @@ class CloudflareSolver(Block):
                 self._sleep(attempt, None, where, type(exc).__name__)
                 continue
             if response.status_code in _RETRY_STATUS and not last:
-                wait = _retry_after(response)
+                wait = retry_after_seconds(response.headers.get("Retry-After"))
                 if wait is not None and wait > self.max_retry_after:
                     raise _failure(where, response)
                 self._sleep(attempt, wait, where, f"HTTP {response.status_code}")
@@ -239,18 +242,6 @@ def _json(response: httpx.Response) -> dict[str, Any]:
         return {}
     return body if isinstance(body, dict) else {}
 
-
-def _retry_after(response: httpx.Response) -> float | None:
-    """Retry-After in seconds (Cloudflare sends an integer), None when absent or garbled."""
-    try:
-        return max(0.0, float(response.headers["Retry-After"]))
-    except (KeyError, ValueError):
-        return None
-
-
-def challenge_name(domain: str) -> str:
-    """``_acme-challenge.<domain>`` lower-case, no trailing dot; a wildcard uses its base name."""
-    return "_acme-challenge." + domain.strip().rstrip(".").lower().removeprefix("*.")
 
 
 def _quote(value: str) -> str:

@@ -29,6 +29,7 @@ import dns.update
 from prefect.blocks.core import Block
 from pydantic import Field, SecretStr, field_validator
 
+from certfleet.challenges import challenge_name  # the one dns-01 name (lego: GetChallengeInfo)
 from certfleet.blocks.logs import block_logger
 from certfleet.dns_check import (
     PropagationTimeout,
@@ -231,13 +232,6 @@ class Rfc2136Solver(Block):
     def _logger(self):
         return block_logger("certfleet.solvers.rfc2136")
 
-
-def challenge_name(domain: str) -> str:
-    """``_acme-challenge.<domain>`` without the trailing dot; a wildcard uses its base name."""
-    base = domain.strip().rstrip(".").lower()
-    if base.startswith("*."):
-        base = base[2:]
-    return f"_acme-challenge.{base}"
 
 
 def _exchange_tcp(update: dns.message.Message, server: tuple[str, int], timeout: float) -> dns.message.Message:

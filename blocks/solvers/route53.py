@@ -26,6 +26,7 @@ from typing import Any
 from prefect.blocks.core import Block
 from pydantic import Field, PrivateAttr, field_validator
 
+from certfleet.challenges import challenge_name  # the one dns-01 name (lego: GetChallengeInfo)
 from certfleet.blocks.aws import AwsCredentials, aws_errors
 from certfleet.dns_check import PropagationTimeout, wait_for_txt
 
@@ -241,13 +242,6 @@ class Route53Solver(Block):
     def _prefix(self, zone_id: str | None = None) -> str:
         return self._label(zone_id) + ":"
 
-
-def challenge_name(domain: str) -> str:
-    """``_acme-challenge.<domain>`` lower-case, no trailing dot; a wildcard uses its base name."""
-    base = domain.strip().rstrip(".").lower()
-    if base.startswith("*."):
-        base = base[2:]
-    return f"_acme-challenge.{base}"
 
 
 def _within(fqdn: str, zone: str) -> bool:

@@ -13,6 +13,8 @@ from __future__ import annotations
 import logging
 
 import httpx
+
+from certfleet.challenges import challenge_name  # the one dns-01 name (lego: GetChallengeInfo)
 from prefect.blocks.core import Block
 from pydantic import Field
 
@@ -63,9 +65,7 @@ class ChallTestSrvSolver(Block):
 
 def _challenge_host(domain: str) -> str:
     """``*.shop.test`` and ``shop.test`` both validate at ``_acme-challenge.shop.test.``."""
-    name = domain.strip().rstrip(".")
-    if name.startswith("*."):
-        name = name[2:]
-    if not name:
-        raise ValueError("challtestsrv solver: empty domain")
-    return f"_acme-challenge.{name}."
+    try:
+        return challenge_name(domain) + "."
+    except ValueError:
+        raise ValueError("challtestsrv solver: empty domain") from None
