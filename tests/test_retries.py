@@ -90,7 +90,8 @@ def test_dns01_name_and_value_come_from_one_helper_for_every_solver():
     from acme import challenges
     from cryptography.hazmat.primitives.asymmetric import ec
 
-    from certfleet.blocks.solvers import challtestsrv, cloudflare, rfc2136, route53
+    from certfleet.blocks.solvers import cloudflare, rfc2136, route53
+    from certfleet_dev import challtestsrv
     from certfleet.challenges import challenge_name, dns01_info
 
     key = jose.JWKEC(key=ec.generate_private_key(ec.SECP256R1()))
