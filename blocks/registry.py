@@ -194,3 +194,29 @@ def check_all(inv: Inventory) -> None:
             problems += exc.problems
     if problems:
         raise InventoryError(problems)
+
+
+def missing_paths(inv: Inventory) -> list[str]:
+    """Files that would fail at run time: a trust bundle, a file target's directory.
+
+    ``certfleet validate`` reports them. Runs do not refuse the whole inventory for
+    them: a target whose directory is missing fails alone, and the others proceed.
+    """
+    out: list[str] = []
+    bundles = [("trust_bundle", inv.trust_bundle)]
+    bundles += [(f"certificates[{i}].trust_bundle", c.trust_bundle) for i, c in enumerate(inv.certificates)]
+    for where, value in bundles:
+        path = inv.resolve_path(value)
+        if path is not None and not path.is_file():
+            out.append(f"{inv.source}: {where}: {path} does not exist")
+    for name, cfg in inv.targets.items():
+        if not isinstance(cfg, dict) or cfg.get("kind") != "file":
+            continue
+        for key in ("fullchain_path", "key_path", "pkcs12_path"):
+            value = cfg.get(key)
+            if not isinstance(value, str):
+                continue
+            parent = inv.resolve_path(value).parent  # type: ignore[union-attr]
+            if not parent.is_dir():
+                out.append(f"{inv.source}: targets.{name}.{key}: directory {parent} does not exist")
+    return out

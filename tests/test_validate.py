@@ -123,3 +123,54 @@ def test_rotate_reason_choices_are_the_flows(capsys):
     with pytest.raises(emergency.SelectionError):
         emergency.reason_code("cACompromise")
     assert "cACompromise" not in (Path(__file__).parent.parent / "docs" / "cli.md").read_text()
+
+
+def test_missing_trust_bundle_and_target_directory_fail_validate(tmp_path, capsys):
+    inv = _write(tmp_path, BASE + """\
+trust_bundle: nowhere/roots.pem
+targets:
+  web-1: {kind: file, fullchain_path: no-such-dir/a.pem, key_path: no-such-dir/a.key}
+certificates:
+  - {name: shop, domains: [shop.test], issuer: ca, targets: [web-1]}
+""")
+    rc, lines = _validate(inv, capsys)
+    assert rc == 2
+    assert any(line.endswith(f"trust_bundle: {tmp_path}/nowhere/roots.pem does not exist") for line in lines), lines
+    assert any(f"targets.web-1.fullchain_path: directory {tmp_path}/no-such-dir does not exist" in line for line in lines), lines
+    assert len(lines) == 3, lines  # one line each (fullchain_path, key_path, trust_bundle)
+
+
+def test_register_blocks_with_the_api_unreachable_is_one_line(monkeypatch, capsys):
+    import socket
+
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with socket.socket() as s:  # a real closed port: bound, never listening
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        with temporary_settings({PREFECT_API_URL: f"http://127.0.0.1:{port}/api"}):
+            rc = main(["init", "--register-blocks"])
+    captured = capsys.readouterr()
+    lines = [line for line in captured.err.splitlines() if line.strip()]
+    assert rc == 2, captured
+    assert len(lines) == 1 and "cannot reach the Prefect API" in lines[0] and str(port) in lines[0], lines
+    assert "Traceback" not in captured.err
+
+
+def test_scaffold_with_its_endpoint_switched_on_passes_validate_and_status(tmp_path, capsys):
+    from certfleet_dev.ports import free_port
+
+    target = tmp_path / "fleet"
+    assert main(["init", str(target)]) == 0
+    path = target / "inventory.yaml"
+    port = free_port()  # nothing listens: the endpoint row is UNREACHABLE, not a usage error
+    text = path.read_text().replace('# endpoints: ["203.0.113.10:443", "www.example.internal@203.0.113.10:443"]',
+                                    f'endpoints: ["127.0.0.1:{port}"]')
+    assert f"127.0.0.1:{port}" in text
+    path.write_text(text)
+    capsys.readouterr()
+    assert main(["validate", "-i", str(path)]) == 0, capsys.readouterr().err
+    rc = main(["status", "-i", str(path), "--json", "--no-discovery"])
+    captured = capsys.readouterr()
+    assert rc == 1, captured  # attention (not issued / unreachable), never 2
+    assert "trust bundle" not in captured.err

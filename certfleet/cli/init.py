@@ -7,7 +7,13 @@ from pathlib import Path
 from certfleet.cli.base import EXIT_OK, UsageError, load_checked
 
 def cmd_validate(args) -> int:
+    from certfleet.blocks import registry
+    from certfleet.inventory import InventoryError
+
     inv = load_checked(args.inventory)
+    missing = registry.missing_paths(inv)
+    if missing:
+        raise InventoryError(missing)
     print(f"{args.inventory}: {len(inv.certificates)} certificates, {len(inv.issuers)} issuers, "
           f"{len(inv.targets)} targets, {len(inv.discovery)} discovery sources: OK")
     return EXIT_OK
@@ -28,11 +34,11 @@ store:
   # encryption_key: {{env: CERTFLEET_STORE_KEY}}   # base64 32-byte key(s), comma separated
 
 # PEM roots that endpoints are verified against (what "valid" means for your users).
-# The local CA below writes its root to ca/root.pem on first use.
+# The local CA below keeps its root in ca/root.pem (`certfleet init` creates it).
 trust_bundle: ca/root.pem
 
 issuers:
-  # A local CA for internal names and first steps; it is created in ./ca on first use.
+  # A local CA for internal names and first steps, in ./ca (created by `certfleet init`).
   internal:
     kind: local-ca
     directory: ca
@@ -109,11 +115,24 @@ def cmd_init(args) -> int:
         directory.mkdir(parents=True, exist_ok=True)
         with open(path, "x") as f:  # "x": never overwrite, even if it appeared meanwhile
             f.write(SCAFFOLD.format(path=path))
-        print(f"wrote {path}\nnext: edit it, then `certfleet validate -i {path}` and `certfleet status -i {path}`")
+        # Everything the scaffold names exists from the start, so `validate` and `status`
+        # pass on it as written: the local CA (its root is the trust bundle) and the
+        # file target's directory.
+        from certfleet.localca import LocalCA
+
+        LocalCA.load_or_create(directory / "ca")
+        (directory / "tls").mkdir(mode=0o700, exist_ok=True)
+        print(f"wrote {path} (and the local CA in {directory / 'ca'})\nnext: edit it, then `certfleet validate -i {path}` and `certfleet status -i {path}`")
     if args.register_blocks:
         from prefect.settings import PREFECT_API_URL
 
-        slugs = register_blocks()
+        try:
+            slugs = register_blocks()
+        except Exception as exc:  # noqa: BLE001 - API down, refused, bad URL: one line, exit 2
+            where = PREFECT_API_URL.value() or "the temporary local server"
+            why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise UsageError(f"init --register-blocks: cannot reach the Prefect API at {where} "
+                             f"({type(exc).__name__}: {why}); nothing registered") from None
         where = PREFECT_API_URL.value() or "a temporary local server (set PREFECT_API_URL to register with yours)"
         print(f"registered {len(slugs)} block types with {where}:")
         for s in slugs:
@@ -128,7 +147,7 @@ def register(add) -> None:
           certfleet init --register-blocks             # only register the block types with $PREFECT_API_URL
           certfleet init ./fleet --register-blocks     # both
 
-        The scaffold validates as it is: a local CA issuer (created in ./ca on first use)
+        The scaffold validates as it is: a local CA issuer (created in ./ca by init, so its root, the trust bundle, exists)
         and one file target. Registering block types makes every certfleet block
         (issuers, solvers, targets, stores, discovery, notifiers) configurable in the UI.""",
         cmd_init, inventory=False)
