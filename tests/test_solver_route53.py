@@ -128,3 +128,17 @@ def test_secret_never_appears_in_repr_or_errors(route53, moto_server):
     with pytest.raises(Route53Error) as info:
         solver.present("shop.test", "v")
     assert secret not in str(info.value)
+
+
+def test_insync_is_waited_for_by_boto3s_waiter(route53, credentials):
+    """INSYNC polling is botocore's ``resource_record_sets_changed`` waiter (GetChange on moto)."""
+    zone = make_zone(route53, "shop.test")
+    solver = Route53Solver(hosted_zone_id=zone, credentials=credentials, poll_interval=0.2)
+    calls = []
+    client = solver._route53()
+    client.meta.events.register("before-call.route53.GetChange", lambda **kw: calls.append(kw["params"]))
+    original = client.get_waiter
+    client.get_waiter = lambda name: calls.append(f"waiter {name}") or original(name)  # records, does not replace
+    solver.present("shop.test", "v1")
+    assert calls[0] == "waiter resource_record_sets_changed" and len(calls) >= 2, calls
+    # (moto answers INSYNC for any change id, so a change that never syncs cannot be shown here.)

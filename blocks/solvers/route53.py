@@ -19,8 +19,8 @@ this to certificates that share a name and renew in the same second.
 from __future__ import annotations
 
 import logging
+import math
 import re
-import time
 from typing import Any
 
 from prefect.blocks.core import Block
@@ -204,20 +204,27 @@ class Route53Solver(Block):
         return reply["ChangeInfo"]["Id"]
 
     def _wait_insync(self, zone_id: str, change_id: str) -> None:
-        """Poll GetChange from 0.1 s, doubling up to ``poll_interval``, until INSYNC."""
-        deadline = time.monotonic() + self.propagation_timeout
-        interval = 0.1
-        while True:
-            with aws_errors(self._label(zone_id), f"get change {change_id}", Route53Error):
-                status = self._route53().get_change(Id=change_id)["ChangeInfo"]["Status"]
-            if status == "INSYNC":
-                return
-            if time.monotonic() + interval > deadline:
+        """Wait for INSYNC with boto3's own ``resource_record_sets_changed`` waiter.
+
+        The waiter's default (30 s between GetChange calls, 60 tries) is tuned down to
+        ``poll_interval`` and bounded by ``propagation_timeout``.
+        """
+        from botocore.exceptions import WaiterError
+
+        delay = max(self.poll_interval, 0.1)
+        attempts = max(1, math.ceil(self.propagation_timeout / delay) + 1)
+        waiter = self._route53().get_waiter("resource_record_sets_changed")
+        try:
+            waiter.wait(Id=change_id, WaiterConfig={"Delay": delay, "MaxAttempts": attempts})
+        except WaiterError as exc:  # timeouts and API errors alike arrive as WaiterError
+            status = (exc.last_response or {}).get("ChangeInfo", {}).get("Status")
+            if status:
                 raise Route53Error(
                     f"{self._prefix(zone_id)} change {change_id} still {status} after {self.propagation_timeout:g}s"
-                )
-            time.sleep(interval)
-            interval = min(interval * 2, self.poll_interval)
+                ) from None
+            error = (exc.last_response or {}).get("Error", {})
+            raise Route53Error(f"{self._prefix(zone_id)} get change {change_id}: "
+                               f"{error.get('Code', 'error')}: {error.get('Message', exc)}") from None
 
     def _wait_served(self, zone_id: str, fqdn: str, value: str) -> None:
         """After INSYNC, the optional check that the given nameservers serve the value."""
