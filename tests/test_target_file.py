@@ -115,3 +115,61 @@ def test_writes_of_one_server_share_its_lock_and_a_reload_excludes_them(tmp_path
         threading.Thread(target=reload).start()
         assert not reloaded.wait(0.3), "a reload ran while a target was being written"
     assert reloaded.wait(5), "the reload never ran after the write finished"
+
+
+# --- hostile filesystem: a symlink planted at a target path (issue 11) ----------------
+
+@pytest.mark.parametrize("planted", ["shop.pem", "shop.key", "shop.pem.certfleet-previous", "shop.key.certfleet-previous"])
+def test_symlink_at_a_target_path_is_refused_and_its_victim_untouched(tmp_path, bundle, local_ca, planted):
+    """A symlink at fullchain_path, key_path or a backup is never read, copied or written through."""
+    old_chain, old_key = local_ca.issue(["shop.test"])
+    (tmp_path / "shop.pem").write_bytes(old_chain)
+    (tmp_path / "shop.key").write_bytes(old_key)
+    os.chmod(tmp_path / "shop.key", 0o600)
+    victim = tmp_path / "victim-secret"
+    victim.write_bytes(b"not yours\n")
+    os.chmod(victim, 0o600)
+    link = tmp_path / planted
+    link.unlink(missing_ok=True)
+    link.symlink_to(victim)
+    before = {p.name: (p.read_bytes() if not p.is_symlink() else None) for p in tmp_path.iterdir()}
+    target = FileTarget(fullchain_path=str(tmp_path / "shop.pem"), key_path=str(tmp_path / "shop.key"),
+                        reload_command=["true", str(tmp_path)])
+    with pytest.raises(TargetError, match=r"certificate 'shop'.*symbolic link.*nothing written") as err:
+        target.deploy(bundle)
+    field = "key_path" if "key" in planted else "fullchain_path"
+    assert field in str(err.value) and str(tmp_path / "shop.pem") in str(err.value)
+    assert victim.read_bytes() == b"not yours\n" and victim.stat().st_mode & 0o777 == 0o600
+    assert link.is_symlink()
+    after = {p.name: (p.read_bytes() if not p.is_symlink() else None) for p in tmp_path.iterdir()}
+    assert after == before, "something was written"
+
+
+def test_current_and_rollback_do_not_read_through_a_symlink(tmp_path, bundle, local_ca):
+    victim_chain, _ = local_ca.issue(["shop.test"])
+    victim = tmp_path / "elsewhere.pem"
+    victim.write_bytes(victim_chain)
+    (tmp_path / "shop.pem").symlink_to(victim)
+    target = FileTarget(fullchain_path=str(tmp_path / "shop.pem"), key_path=str(tmp_path / "shop.key"))
+    with pytest.raises(TargetError, match="fullchain_path .*symbolic link"):
+        target.current()
+    (tmp_path / "shop.pem").unlink()
+    target.deploy(bundle)
+    (tmp_path / "shop.key.certfleet-previous").symlink_to(victim)
+    (tmp_path / "shop.pem.certfleet-previous").write_bytes(victim_chain)
+    with pytest.raises(TargetError, match="key_path backup .*symbolic link"):
+        target.rollback()
+    assert pki.serial_hex(pki.load_certs((tmp_path / "shop.pem").read_bytes())[0]) == bundle.serial
+
+
+def test_backup_of_the_key_keeps_the_key_mode(tmp_path, bundle, local_ca):
+    old_chain, old_key = local_ca.issue(["shop.test"])
+    (tmp_path / "shop.pem").write_bytes(old_chain)
+    (tmp_path / "shop.key").write_bytes(old_key)
+    os.chmod(tmp_path / "shop.key", 0o644)  # a loose key left by hand: its backup must not stay loose
+    target = FileTarget(fullchain_path=str(tmp_path / "shop.pem"), key_path=str(tmp_path / "shop.key"))
+    target.deploy(bundle)
+    backup = tmp_path / "shop.key.certfleet-previous"
+    assert backup.read_bytes() == old_key
+    assert backup.stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / "shop.key").stat().st_mode & 0o777 == 0o600

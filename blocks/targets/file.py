@@ -14,10 +14,10 @@ reloads: one reload, run under the lock after their files are complete, activate
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import os
-import shutil
 import signal
 import stat
 import subprocess
@@ -70,8 +70,9 @@ class FileTarget(Block):
             raise ValueError(f"unknown signal '{self.reload_signal}'")
         return self
 
-    def _label(self) -> str:
-        return f"file target '{self.fullchain_path}'"
+    def _label(self, certificate: str | None = None) -> str:
+        of = f" (certificate '{certificate}')" if certificate else ""
+        return f"file target '{self.fullchain_path}'{of}"
 
     def _reload_key(self) -> list[str] | None:
         """What identifies the server to reload (for its lock and shared reloads)."""
@@ -91,24 +92,47 @@ class FileTarget(Block):
             raise TargetError(f"{self._label()}: cannot send {name} to the process in {self.pid_file}: {exc}; previous files restored") from None
 
     def _paths(self) -> list[tuple[Path, int]]:
-        paths = [(Path(self.fullchain_path), self.key_mode if self.combined else self.cert_mode)]
+        return [(path, mode) for path, mode, _ in self._fields()]
+
+    def _fields(self) -> list[tuple[Path, int, str]]:
+        """(path, mode, field name) of every file this target writes."""
+        paths = [(Path(self.fullchain_path), self.key_mode if self.combined else self.cert_mode, "fullchain_path")]
         if self.key_path and not self.combined:
-            paths.append((Path(self.key_path), self.key_mode))
+            paths.append((Path(self.key_path), self.key_mode, "key_path"))
         if self.pkcs12_path:
-            paths.append((Path(self.pkcs12_path), self.key_mode))
+            paths.append((Path(self.pkcs12_path), self.key_mode, "pkcs12_path"))
         return paths
 
+    def _refuse_links(self, certificate: str | None = None) -> None:
+        """Refuse a symlink at any path we read, back up or write (and at their backups).
+
+        A link planted at a key path would have us copy its victim into a backup, or
+        write our key wherever it points. ``lstat`` here, and ``O_NOFOLLOW`` on every read,
+        so nothing is ever read or written through one.
+        """
+        for path, _mode, field in self._fields():
+            for p, what in ((path, field), (_backup_of(path), f"{field} backup")):
+                try:
+                    st = os.lstat(p)
+                except OSError:
+                    continue  # absent, or its directory is not one: the write says so itself
+                if stat.S_ISLNK(st.st_mode):
+                    raise TargetError(f"{self._label(certificate)}: {what} {p} is a symbolic link (to {os.readlink(p)!r}); "
+                                      "refusing to read, back up or write through it; nothing written")
+
     def current(self) -> str | None:
-        path = Path(self.fullchain_path)
-        if not path.exists():
-            return None
+        self._refuse_links()
         try:
-            certs = pki.load_certs(path.read_bytes())
+            data = _read_nofollow(Path(self.fullchain_path))
+            if data is None:
+                return None
+            certs = pki.load_certs(data)
             return pki.serial_hex(pki.leaf(certs)) if certs else None
         except (pki.PemError, OSError):
-            return None  # unreadable or garbage: treat as "holds nothing we know", redeploy
+            return None  # unreadable or garbage: "holds nothing we know", redeploy (the write says why)
 
     def deploy(self, bundle: DeployBundle) -> Receipt:
+        self._refuse_links(bundle.certificate)
         contents = self._contents(bundle)
         if not (self._reload_key() and self._deploy_coalesced(contents)):
             self._deploy_alone(contents)
@@ -190,16 +214,19 @@ class FileTarget(Block):
         Refuses when the previous certificate has expired: an expired certificate is
         no better than a wrong one, and the new one stays for someone to look at.
         """
-        pairs = [(path, mode, path.with_name(path.name + BACKUP_SUFFIX)) for path, mode in self._paths()]
-        if not all(backup.exists() for _, _, backup in pairs):
+        self._refuse_links()
+        pairs = [(path, mode, _backup_of(path)) for path, mode in self._paths()]
+        saved = [_read_nofollow(backup) for _, _, backup in pairs]
+        if not all(data is not None for data in saved):
             raise TargetError(f"{self._label()}: no previous certificate to roll back to")
-        previous = pki.order_chain(pki.load_certs(pairs[0][2].read_bytes()))[0]
+        previous = pki.order_chain(pki.load_certs(saved[0]))[0]
         info = pki.describe(previous)
         if info.not_after <= datetime.now(timezone.utc):
             raise TargetError(f"{self._label()}: previous certificate {info.serial} expired at {info.not_after:%Y-%m-%d %H:%M}Z; not rolled back")
         with _server_lock(self._reload_key()):
-            for path, mode, backup in pairs:
-                atomic_write(path, backup.read_bytes(), mode)
+            self._refuse_links()
+            for (path, mode, _backup), data in zip(pairs, saved):
+                atomic_write(path, data, mode)
             self._reload()
         return self.current()
 
@@ -227,22 +254,30 @@ class FileTarget(Block):
     def _backup(self) -> list[tuple[Path, Path | None]]:
         out = []
         for path, mode in self._paths():
-            backup = path.with_name(path.name + BACKUP_SUFFIX)
-            if path.exists():
+            backup = _backup_of(path)
+            if os.path.lexists(path):
+                # Backups get the mode of what they hold (a key's backup is key_mode, 0600,
+                # whatever mode the replaced file had): never a readable copy of a key.
                 if not _link_backup(path, backup, mode):
-                    atomic_write(backup, path.read_bytes(), mode)
+                    data = _read_nofollow(path)
+                    if data is None:
+                        raise OSError(errno.ENOENT, "vanished while backing up", str(path))
+                    atomic_write(backup, data, mode)
                 out.append((path, backup))
             else:
                 out.append((path, None))
         return out
 
     def _restore(self, backups) -> None:
+        modes = dict(self._paths())
         for path, backup in backups:
             with contextlib.suppress(OSError):
                 if backup is None:
                     path.unlink(missing_ok=True)
                 else:
-                    shutil.copy2(backup, path)
+                    data = _read_nofollow(backup)
+                    if data is not None:  # renamed over path: never written through a link there
+                        atomic_write(path, data, modes.get(path, self.key_mode))
 
     def _run(self, command: list[str] | None, what: str) -> None:
         if not command:
@@ -256,6 +291,20 @@ class FileTarget(Block):
             raise TargetError(f"{self._label()}: {what} command failed (exit {proc.returncode}): {' | '.join(tail)}; previous files restored")
 
 
+def _backup_of(path: Path) -> Path:
+    return path.with_name(path.name + BACKUP_SUFFIX)
+
+
+def _read_nofollow(path: Path) -> bytes | None:
+    """The file's bytes, ``None`` when absent; a symlink there raises (ELOOP), never followed."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    with os.fdopen(fd, "rb") as f:
+        return f.read()
+
+
 def _link_backup(path: Path, backup: Path, mode: int) -> bool:
     """Make ``backup`` a hard link to the file ``path`` holds now; False if it cannot.
 
@@ -264,7 +313,7 @@ def _link_backup(path: Path, backup: Path, mode: int) -> bool:
     already has the mode (and owner) a copy would get; anything else is copied.
     """
     try:
-        st = os.stat(path)
+        st = os.lstat(path)
         if stat.S_IMODE(st.st_mode) != mode or st.st_uid != os.geteuid() or not stat.S_ISREG(st.st_mode):
             return False
         tmp = backup.with_name(f".{backup.name}.{os.getpid()}.{threading.get_ident()}")
