@@ -187,3 +187,38 @@ def _key_for(spec: CertificateSpec, store: LocalStore, cur, new_key: bool) -> by
     if not new_key and cur is not None and cur.info.key_type == str(spec.key_type):
         return store.load_key(spec.name, cur.serial)
     return keys.key_to_pem(keys.generate_key(spec.key_type))
+
+
+ATTEMPT_FILE = "last-attempt.json"
+
+
+def attempt_path(store_root: str | Path, name: str) -> Path:
+    """Where the last renewal attempt of certificate ``name`` is recorded (beside the ARI choice)."""
+    return Path(store_root) / name / ATTEMPT_FILE
+
+
+def record_attempt(path: Path, *, result: str, message: str, serial: str | None = None,
+                   at: datetime | None = None) -> None:
+    """Remember the last renewal attempt (``issued``, ``not due`` or ``failed``) for
+    ``certfleet certificates``. Advice for people: a failure to write it is logged, never raised."""
+    import json
+
+    from certfleet.fsutil import atomic_write
+
+    record = {"at": (at or datetime.now(timezone.utc)).isoformat(), "result": result, "message": message,
+              "serial": serial}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, json.dumps(record).encode(), 0o644)
+    except OSError as exc:
+        log.warning("could not record the renewal attempt in %s (%s)", path, exc)
+
+
+def last_attempt(path: Path) -> dict | None:
+    import json
+
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None

@@ -23,14 +23,25 @@ def renew_certificate(inventory_path: str, name: str, force: bool = False) -> re
     inv = load_inventory(inventory_path)
     spec = inv.certificate(name)
     issuer = registry.issuer(inv, spec.issuer)
+    attempt = renewal.attempt_path(inv.store_path(), name)  # for `certfleet certificates`
     try:
-        return renewal.renew(spec, store_for(inv), issuer, issuer_name=spec.issuer, force=force,
-                             ledger=ledger_for(inv, spec.issuer),
-                             chosen_at=renewal.chosen_path(inv.store_path(), name))
-    except ratelimit.BudgetExceeded as exc:
-        emit_event(event="certfleet.budget.exhausted",
-                   resource={"prefect.resource.id": f"certfleet.certificate.{name}", "certfleet.certificate": name,
-                             "certfleet.issuer": spec.issuer},
-                   payload={"limit": exc.limit.name, "used": exc.used, "allowed": exc.allowed,
-                            "frees_at": exc.frees_at.isoformat() if exc.frees_at else None})
-        raise RuntimeError(f"certificate '{name}': {exc}; no order placed") from None
+        outcome = renewal.renew(spec, store_for(inv), issuer, issuer_name=spec.issuer, force=force,
+                                ledger=ledger_for(inv, spec.issuer),
+                                chosen_at=renewal.chosen_path(inv.store_path(), name))
+    except Exception as exc:
+        renewal.record_attempt(attempt, result="failed", message=str(exc) or type(exc).__name__)
+        if isinstance(exc, ratelimit.BudgetExceeded):
+            _budget_exhausted(name, spec.issuer, exc)
+            raise RuntimeError(f"certificate '{name}': {exc}; no order placed") from None
+        raise
+    renewal.record_attempt(attempt, result="issued" if outcome.issued else "not due", message=outcome.message,
+                           serial=outcome.serial)
+    return outcome
+
+
+def _budget_exhausted(name: str, issuer: str, exc) -> None:
+    emit_event(event="certfleet.budget.exhausted",
+               resource={"prefect.resource.id": f"certfleet.certificate.{name}", "certfleet.certificate": name,
+                         "certfleet.issuer": issuer},
+               payload={"limit": exc.limit.name, "used": exc.used, "allowed": exc.allowed,
+                        "frees_at": exc.frees_at.isoformat() if exc.frees_at else None})

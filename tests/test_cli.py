@@ -315,3 +315,47 @@ def test_restore_puts_a_previous_version_back_and_refuses_revoked_or_expired(pre
     assert store.current("shop").serial == first
     assert (pem.stat().st_mtime_ns, pem.read_bytes()) == before
     assert served_serial(port, "shop.test", fleet["roots"]) == first
+
+
+# -- certificates: the offline store listing ----------------------------------------
+
+@pytest.mark.services
+def test_certificates_lists_versions_renewal_time_and_last_attempt(prefect_harness, tmp_path, local_ca, capsys):
+    from datetime import datetime, timedelta
+
+    inv = write_inventory(tmp_path, local_ca, """\
+        - {name: api, domains: [api.internal.test], issuer: internal}
+        - {name: never, domains: [never.internal.test], issuer: internal}
+        """)
+    assert main(["renew", "api", "-i", str(inv)]) == 0
+    assert main(["renew", "api", "--force", "-i", str(inv)]) == 0
+    store = LocalStore(tmp_path / "store")
+    first, second = [v.serial for v in store.versions("api")]
+    store.record_revocation("api", first, "superseded")
+    capsys.readouterr()
+
+    assert main(["certificates", "-i", str(inv), "--json"]) == 1  # 'never' was never issued
+    out = {c["certificate"]: c for c in json.loads(capsys.readouterr().out)["certificates"]}
+    api = out["api"]
+    assert api["current"] == second and [v["serial"] for v in api["versions"]] == [second, first]
+    assert [v["state"] for v in api["versions"]] == ["current", "revoked"]
+    assert api["versions"][1]["revoked"]["reason"] == "superseded"
+    info = store.current("api").info
+    assert datetime.fromisoformat(api["renew_at"]) == info.not_after - (info.not_after - info.not_before) / 3
+    assert api["due"] is False and "renews at" in api["why"]
+    assert api["last_attempt"]["result"] == "issued" and api["last_attempt"]["serial"] == second
+    assert out["never"]["current"] is None and out["never"]["reason"] == "NOT_ISSUED"
+    assert out["never"]["last_attempt"] is None
+
+    # A second, not-due renewal is recorded as such; a persisted ARI time is what is shown.
+    assert main(["renew", "api", "-i", str(inv)]) == 0
+    chosen = (info.not_after - timedelta(days=5)).replace(microsecond=0)
+    (tmp_path / "store" / "api" / "ari-chosen.json").write_text(json.dumps({second: chosen.isoformat()}))
+    capsys.readouterr()
+    assert main(["certificates", "api", "-i", str(inv), "--json"]) == 0
+    api = json.loads(capsys.readouterr().out)["certificates"][0]
+    assert api["last_attempt"]["result"] == "not due"
+    assert datetime.fromisoformat(api["renew_at"]) == chosen and "ARI window (persisted)" in api["why"]
+    assert main(["certificates", "-i", str(inv)]) == 1
+    text = capsys.readouterr().out
+    assert f"Current:  {second}" in text and "revoked (superseded)" in text and "Last attempt:" in text
