@@ -173,3 +173,46 @@ def test_backup_of_the_key_keeps_the_key_mode(tmp_path, bundle, local_ca):
     assert backup.read_bytes() == old_key
     assert backup.stat().st_mode & 0o777 == 0o600
     assert (tmp_path / "shop.key").stat().st_mode & 0o777 == 0o600
+
+
+def test_reload_lock_is_private_and_its_wait_is_bounded(tmp_path, bundle, monkeypatch):
+    """Another real process holds the server's reload lock: the deploy gives up with a clear error."""
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "run"))
+    (tmp_path / "run").mkdir(mode=0o700)
+    from certfleet.blocks.targets import file as file_mod
+
+    command = ["true", str(tmp_path)]
+    locks = tmp_path / "run" / "certfleet" / "locks"
+    target = FileTarget(fullchain_path=str(tmp_path / "shop.pem"), key_path=str(tmp_path / "shop.key"),
+                        reload_command=command, lock_timeout=0.5)
+    with file_mod._server_lock(command):  # creates the lock file in the private directory
+        pass
+    assert locks.is_dir() and locks.stat().st_mode & 0o777 == 0o700
+    [lock] = list(locks.iterdir())
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import fcntl, os, sys, time\n"
+        f"fd = os.open({str(lock)!r}, os.O_RDWR)\n"
+        "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+        "print('held', flush=True)\n"
+        "time.sleep(60)\n")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(TargetError, match=r"file target .*shop\.pem.*waited 0\.5s for the reload lock.*nothing written"):
+            target.deploy(bundle)
+        assert not (tmp_path / "shop.pem").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    target.deploy(bundle)  # the holder is gone: the lock is free again
+    assert (tmp_path / "shop.pem").exists()
+
+
+def test_reload_lock_directory_that_is_not_private_is_refused(tmp_path, bundle, monkeypatch):
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "run"))
+    (tmp_path / "run" / "certfleet" / "locks").mkdir(parents=True)
+    os.chmod(tmp_path / "run" / "certfleet" / "locks", 0o777)
+    target = FileTarget(fullchain_path=str(tmp_path / "shop.pem"), key_path=str(tmp_path / "shop.key"),
+                        reload_command=["true", str(tmp_path)])
+    with pytest.raises(TargetError, match="reload lock directory .* is not private"):
+        target.deploy(bundle)
+    assert not (tmp_path / "shop.pem").exists()

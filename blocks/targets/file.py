@@ -21,8 +21,8 @@ import os
 import signal
 import stat
 import subprocess
-import tempfile
 import threading
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -59,6 +59,7 @@ class FileTarget(Block):
     pkcs12_path: str | None = Field(None, description="Also write key + chain as PKCS#12 here (Java, Windows, appliances)")
     pkcs12_password: SecretStr | None = Field(None, description="Password of the PKCS#12 file; reference a Secret block ({block: NAME})")
     command_timeout: float = Field(60, description="Seconds a config test or reload may take")
+    lock_timeout: float = Field(300, gt=0, description="Seconds to wait for the server's reload lock (held by another deploy of the same server) before giving up with an error")
 
     @model_validator(mode="after")
     def _one_reload(self) -> "FileTarget":
@@ -142,7 +143,7 @@ class FileTarget(Block):
 
     def _deploy_alone(self, contents: list[bytes]) -> None:
         """Backup, write, config test and reload, all under the server's lock."""
-        with _server_lock(self._reload_key()):
+        with _server_lock(self._reload_key(), timeout=self.lock_timeout, label=self._label()):
             backups = self._backup_or_fail()
             try:
                 self._write(contents)
@@ -169,7 +170,7 @@ class FileTarget(Block):
         # Without a config test, writes of one server's targets only exclude its reloads,
         # not each other (each file is renamed whole; the reload takes the lock exclusively).
         # A config test reads every vhost, so it must not see another target half written.
-        with _server_lock(self._reload_key(), shared=not self.config_test_command):
+        with _server_lock(self._reload_key(), shared=not self.config_test_command, timeout=self.lock_timeout, label=self._label()):
             backups = self._backup_or_fail()
             try:
                 self._write(contents)
@@ -223,7 +224,7 @@ class FileTarget(Block):
         info = pki.describe(previous)
         if info.not_after <= datetime.now(timezone.utc):
             raise TargetError(f"{self._label()}: previous certificate {info.serial} expired at {info.not_after:%Y-%m-%d %H:%M}Z; not rolled back")
-        with _server_lock(self._reload_key()):
+        with _server_lock(self._reload_key(), timeout=self.lock_timeout, label=self._label()):
             self._refuse_links()
             for (path, mode, _backup), data in zip(pairs, saved):
                 atomic_write(path, data, mode)
@@ -330,7 +331,8 @@ def _link_backup(path: Path, backup: Path, mode: int) -> bool:
 
 
 @contextlib.contextmanager
-def _server_lock(reload_command: list[str] | None, *, shared: bool = False):
+def _server_lock(reload_command: list[str] | None, *, shared: bool = False, timeout: float = 300.0,
+                 label: str | None = None):
     """Per server (keyed by its reload command), across processes: reloads exclusive.
 
     A server reads every vhost's certificate and key when it reloads (``nginx -s
@@ -344,14 +346,48 @@ def _server_lock(reload_command: list[str] | None, *, shared: bool = False):
         yield
         return
     digest = hashlib.sha256("\0".join(reload_command).encode()).hexdigest()[:16]
-    path = Path(tempfile.gettempdir()) / f"certfleet-reload-{digest}.lock"
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    path = lock_dir() / f"reload-{digest}.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
-        fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
-        yield
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise TargetError(f"{label or 'file target'}: waited {timeout:g}s for the reload lock of "
+                                      f"{' '.join(reload_command)!r} ({path}), held by another deploy or reload; "
+                                      "nothing written") from None
+                time.sleep(0.05)
+        try:
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
-        fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
+
+
+def lock_dir() -> Path:
+    """The private directory of reload locks: ``$XDG_RUNTIME_DIR/certfleet/locks``, else
+    ``~/.cache/certfleet/locks``; mode 0700, owned by this user, refused otherwise.
+
+    Not the shared temp directory: there another user could pre-create the lock file
+    (and hold it forever) or plant a symlink at its predictable name.
+    """
+    base = os.environ.get("XDG_RUNTIME_DIR") or os.path.join(os.path.expanduser("~"), ".cache")
+    path = Path(base) / "certfleet" / "locks"
+    old = os.umask(0o077)
+    try:
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    finally:
+        os.umask(old)
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o077:
+        raise TargetError(f"reload lock directory {path} is not private (must be a directory owned by uid "
+                          f"{os.geteuid()} with mode 0700, is {stat.filemode(st.st_mode)} uid {st.st_uid}); "
+                          "refusing to use it")
+    return path
 
 
 class _ReloadBatcher:
