@@ -192,6 +192,11 @@ def events_for(rows: list[Row]) -> list[EventSpec]:
             if row.status in (Status.DUE, Status.EXPIRED) or row.days_left <= WARNING_DAYS:
                 if row.certificate not in worst or row.days_left < worst[row.certificate].days_left:  # type: ignore[operator]
                     worst[row.certificate] = row
+        elif row.days_left is not None and not row.certificate and row.days_left <= WARNING_DAYS:
+            # UNMANAGED finds expire too: one event per place they were found. Their
+            # certfleet.certificate label is empty, so the renew automation (which needs a
+            # name) does not match them; alerts and the UI do.
+            worst[f"unmanaged:{row.location}"] = row
         payload = {"status": str(row.status), "reason": row.reason, "serving": row.seen_serial, "issued": row.issued_serial}
         if row.status is Status.DRIFT:
             out.append(EventSpec("certfleet.certificate.drift", _resource(row), payload))

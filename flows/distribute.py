@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from prefect import flow, get_run_logger
+from certfleet.flows._names import TIMEOUTS, run_name
 from prefect.states import Completed, Failed
 from prefect.task_runners import ThreadPoolTaskRunner
 
@@ -30,7 +31,8 @@ class DistributeReport:
     checked_in_bulk: int = 0  # of `unchanged`: found current by one bulk check, no task run
 
 
-@flow(name="distribute", task_runner=ThreadPoolTaskRunner(max_workers=128))
+@flow(name="distribute", task_runner=ThreadPoolTaskRunner(max_workers=128),
+      flow_run_name=run_name("distribute"), timeout_seconds=TIMEOUTS["distribute"])
 def distribute(inventory: str = "inventory.yaml", certificates: list[str] | None = None,
                targets: list[str] | None = None, verify_deadline: float = 60.0):
     """Put each certificate's current serial on its targets (or only the named ones).

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from prefect import flow, get_run_logger
+from certfleet.flows._names import rotation_name, TIMEOUTS
 from prefect.states import Completed, Failed
 
 from certfleet.blocks.notifiers.slack import emergency_timeline_message
@@ -27,7 +28,7 @@ from certfleet.tasks.verify import verify_certificate
 Reason = emergency.Reason
 
 
-@flow(name="emergency-rotation")
+@flow(name="emergency-rotation", flow_run_name=rotation_name, timeout_seconds=TIMEOUTS["emergency-rotation"])
 def emergency_rotation(inventory: str = "inventory.yaml", certificates: list[str] | None = None,
                        sharing_key_with: list[str] | None = None, issuer: str | None = None,
                        target: str | None = None, reason: Reason = "keyCompromise", dry_run: bool = False,

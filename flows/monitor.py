@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections import Counter
 
 from prefect import flow
+from certfleet.flows._names import TIMEOUTS, run_name
 from prefect.states import Completed, Failed
 
 from certfleet.flows._futures import settle
@@ -14,7 +15,7 @@ from certfleet.tasks.monitor import emit_fleet_events, scan_source, snapshot_cer
 from certfleet.tasks.report import publish_table, validate_inventory
 
 
-@flow(name="monitor")
+@flow(name="monitor", flow_run_name=run_name("monitor"), timeout_seconds=TIMEOUTS["monitor"])
 def monitor(inventory: str = "inventory.yaml", certificates: list[str] | None = None, emit_events: bool = True):
     """Publish the fleet table and emit events for whatever is not OK.
 

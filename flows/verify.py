@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from prefect import flow
+from certfleet.flows._names import TIMEOUTS, run_name
 from prefect.states import Completed, Failed
 
 from certfleet.flows._futures import settle
@@ -19,7 +20,7 @@ class VerifyReport:
     failures: list[str] = field(default_factory=list)
 
 
-@flow(name="verify")
+@flow(name="verify", flow_run_name=run_name("verify"), timeout_seconds=TIMEOUTS["verify"])
 def verify(inventory: str = "inventory.yaml", certificates: list[str] | None = None, deadline: float = 60.0):
     """Probe every endpoint; fail naming each one that does not serve the issued serial.
 

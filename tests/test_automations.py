@@ -224,6 +224,13 @@ def test_deployments_and_automations_from_prefect_yaml(stack, fleet_files):
     automations = {a["name"]: a for a in stack.http.post("/automations/filter", json={}).json()}
     assert {"certfleet-renew-on-critical-expiry", "certfleet-distribute-on-drift",
             "certfleet-slack-on-verification-failed"} <= set(automations)
+    assert {"certfleet-alert-on-failed-run", "certfleet-alert-on-long-run", "certfleet-alert-on-long-monitor",
+            "certfleet-alert-on-unreachable-endpoint", "certfleet-alert-on-budget-exhausted"} <= set(automations)
+    assert automations["certfleet-alert-on-long-run"]["trigger"]["posture"] == "Proactive"
+    assert automations["certfleet-alert-on-budget-exhausted"]["trigger"]["expect"] == ["certfleet.budget.exhausted"]
+    # Entry points are module paths and nothing is pulled: a worker needs only the package.
+    assert lifecycle["entrypoint"] == "certfleet.flows.lifecycle:lifecycle" and lifecycle["pull_steps"] in (None, [])
+    assert lifecycle["concurrency_options"]["collision_strategy"] == "ENQUEUE"
     renew = automations["certfleet-renew-on-critical-expiry"]
     assert renew["trigger"]["expect"] == ["certfleet.certificate.expiring"]
     assert renew["trigger"]["match"]["certfleet.severity"] == "critical"
@@ -271,6 +278,31 @@ def test_critical_expiring_event_runs_renew_for_that_certificate(stack, fleet_fi
     assert after.info.not_after > before.info.not_after + timedelta(days=30)
     # Only that certificate was renewed: the drifting one still has one version.
     assert len(list(store.versions(fleet_files["drift"]))) == 1
+
+
+def test_failed_run_raises_an_alert_without_slack(stack, fleet_files):
+    """A renew run that ends Failed starts notify-alert, named after what failed; with no
+    Slack block saved (this test runs before the Slack one) the alert run still completes."""
+    dep = stack.deployment_id("renew", "renew")
+    r = stack.http.post(f"/deployments/{dep}/create_flow_run", json={"parameters": {"certificates": ["no-such-cert"]}})
+    r.raise_for_status()
+    failed = stack.wait_for_run(dep, "no-such-cert")
+    assert failed["state"]["type"] == "FAILED", stack.explain(failed)
+    assert failed["name"] == "renew-no-such-cert"
+    alerts = stack.deployment_id("notify-alert", "notify-alert")
+    deadline = time.monotonic() + RUN_TIMEOUT
+    mine = []
+    while time.monotonic() < deadline:
+        mine = [a for a in stack.runs_of(alerts) if "renew-no-such-cert" in a["parameters"].get("subject", "")
+                and a["state"]["type"] in ("COMPLETED", "FAILED", "CRASHED")]
+        if mine:
+            break
+        time.sleep(1)
+    assert mine, f"no alert run for the failed renew run;\nworker log:\n{_tail(stack.root / 'worker.log')}"
+    [alert] = mine
+    assert alert["state"]["type"] == "COMPLETED", stack.explain(alert)
+    assert alert["parameters"]["subject"] == "renew run renew-no-such-cert ended Failed"
+    assert "no-such-cert" in alert["parameters"]["detail"]
 
 
 def test_verification_failed_event_posts_to_slack(stack, fleet_files):

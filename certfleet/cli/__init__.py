@@ -23,10 +23,10 @@ import os
 import sys
 import textwrap
 
-from certfleet.cli import adopt, certificates, demo, flows, init, restore, status
+from certfleet.cli import adopt, certificates, demo, deploy, flows, init, restore, status
 from certfleet.cli.base import EXIT_ATTENTION, EXIT_OK, EXIT_USAGE, UsageError, dump
 
-COMMAND_GROUPS = (init, status, certificates, flows, restore, adopt, demo)
+COMMAND_GROUPS = (init, status, certificates, flows, restore, deploy, adopt, demo)
 
 
 def _epilog(text: str) -> str:
