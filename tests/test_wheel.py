@@ -82,6 +82,8 @@ def dockerfile_script(root: Path, python: str) -> str:
             for src in srcs:
                 src_path = Path(src) if src.startswith("/") else base / src
                 src_path = Path(f"{root}{src}") if src.startswith("/") else src_path
+                if str(src_path) == dest:   # absolute image paths are shared by both stages here
+                    continue
                 cmds.append(f"mkdir -p {shlex.quote(str(Path(dest) if dest.endswith('/') else Path(dest).parent))} && "
                             f"cp -r {src_path} {dest}")
         elif op == "RUN":
