@@ -359,3 +359,27 @@ def test_certificates_lists_versions_renewal_time_and_last_attempt(prefect_harne
     assert main(["certificates", "-i", str(inv)]) == 1
     text = capsys.readouterr().out
     assert f"Current:  {second}" in text and "revoked (superseded)" in text and "Last attempt:" in text
+
+
+# -- dry runs change nothing -----------------------------------------------------------
+
+@pytest.mark.services
+def test_dry_runs_say_what_and_why_and_change_nothing(fleet, issued_since, capsys):
+    inv, store, pem = str(fleet["inventory"]), fleet["store"], fleet["prod"] / "shop.pem"
+    before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in (pem, fleet["prod"] / "shop.key")}
+    store_root = fleet["inventory"].parent / "store"
+
+    assert main(["run", "--dry-run", "-i", inv]) == 0
+    out = capsys.readouterr().out
+    assert "would ORDER  shop from pebble: NOT_ISSUED" in out
+    assert "would WRITE  shop → production-lb and RELOAD it" in out and fleet["old_serial"] in out
+    assert main(["renew", "shop", "--dry-run", "--force", "-i", inv, "--json"]) == 0
+    steps = json.loads(capsys.readouterr().out)["steps"]
+    assert steps == [{"certificate": "shop", "action": "order", "issuer": "pebble", "why": steps[0]["why"]}]
+    assert main(["distribute", "shop", "--dry-run", "-i", inv, "--json"]) == 0
+    [step] = json.loads(capsys.readouterr().out)["steps"]
+    assert step["action"] == "skip" and "run renew first" in step["why"]
+
+    assert issued_since() == []  # no order reached Pebble
+    assert store.versions("shop") == [] and not (store_root / "shop").exists()  # nothing stored
+    assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in before} == before  # nothing written

@@ -6,7 +6,18 @@ from __future__ import annotations
 
 from certfleet.cli.base import UsageError, finish, load_checked
 
+def _dry_run(args, what: str, *, renew: bool, distribute: bool) -> int:
+    from certfleet.cli import plan
+
+    inv = load_checked(args.inventory, args.names, getattr(args, "target", None))
+    steps = plan.plan(inv, args.names or None, renew=renew, distribute=distribute,
+                      force=getattr(args, "force", False), targets=getattr(args, "target", None))
+    return plan.show(steps, args, what)
+
+
 def cmd_run(args) -> int:
+    if args.dry_run:
+        return _dry_run(args, "run", renew=True, distribute=True)
     load_checked(args.inventory, args.names)
     from certfleet.flows.lifecycle import lifecycle
 
@@ -16,6 +27,8 @@ def cmd_run(args) -> int:
 
 
 def cmd_renew(args) -> int:
+    if args.dry_run:
+        return _dry_run(args, "renew", renew=True, distribute=False)
     load_checked(args.inventory, args.names)
     from certfleet.flows.renew import renew
 
@@ -24,6 +37,8 @@ def cmd_renew(args) -> int:
 
 
 def cmd_distribute(args) -> int:
+    if args.dry_run:
+        return _dry_run(args, "distribute", renew=False, distribute=True)
     load_checked(args.inventory, args.names, args.target)
     from certfleet.flows.distribute import distribute
 
@@ -76,6 +91,7 @@ def register(add) -> None:
         endpoint that does not serve the issued serial.""", cmd_run, json_=True)
     sp.add_argument("names", nargs="*", metavar="NAME", help="only these certificates (default: all)")
     sp.add_argument("--verify-deadline", type=float, default=60.0, help="seconds to wait for endpoints to serve the new serial (default 60)")
+    sp.add_argument("--dry-run", action="store_true", help="print what would be ordered, written and reloaded, and why; change nothing")
 
     sp = add("renew", "issue new versions of the named certificates, if due (or --force)", """
         Examples:
@@ -86,6 +102,7 @@ def register(add) -> None:
         follow with `certfleet distribute NAME` (or use `certfleet run`).""", cmd_renew, json_=True)
     sp.add_argument("names", nargs="+", metavar="NAME", help="certificates to renew")
     sp.add_argument("--force", action="store_true", help="issue even when the current version is not due")
+    sp.add_argument("--dry-run", action="store_true", help="print what would be ordered, written and reloaded, and why; change nothing")
 
     sp = add("distribute", "put the current version of the named certificates on their targets", """
         Examples:
@@ -97,6 +114,7 @@ def register(add) -> None:
     sp.add_argument("names", nargs="+", metavar="NAME", help="certificates to distribute")
     sp.add_argument("--target", action="append", metavar="TARGET", help="only this target (repeatable; default: all of each certificate's)")
     sp.add_argument("--verify-deadline", type=float, default=60.0, help="seconds to wait for a target's endpoints to serve the new serial (default 60)")
+    sp.add_argument("--dry-run", action="store_true", help="print what would be ordered, written and reloaded, and why; change nothing")
 
     sp = add("verify", "prove every endpoint serves the issued serial, with a valid chain and name", """
         Examples:
