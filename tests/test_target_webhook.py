@@ -43,6 +43,7 @@ class Receiver(ThreadingHTTPServer):
         self.secret = secret.encode()
         self.bodies: list[dict] = []  # accepted deliveries
         self.raw: list[bytes] = []  # every POST body, accepted or not
+        self.requests: list[tuple[str, dict, bytes]] = []  # (path, headers, body) of every POST
         self.script: list[int] = []  # statuses to answer before accepting (e.g. [503])
         self.echo_body = False  # a careless receiver that echoes the request in its error
         threading.Thread(target=self.serve_forever, args=(0.05,), daemon=True).start()
@@ -50,6 +51,23 @@ class Receiver(ThreadingHTTPServer):
     @property
     def base(self) -> str:
         return f"https://localhost:{self.server_address[1]}"
+
+
+def verify_signature(secret: bytes, url: str, body: bytes, header: str, now: float | None = None,
+                     tolerance: int = 300) -> bool:
+    """What a careful receiver does (the snippet in docs/targets.md): recompute the HMAC over
+    "t.url.body" with the URL it is served at, and refuse a timestamp outside the window."""
+    import time
+
+    try:
+        fields = dict(part.split("=", 1) for part in header.split(","))
+        t = int(fields["t"])
+    except (ValueError, KeyError):
+        return False
+    if abs((time.time() if now is None else now) - t) > tolerance:
+        return False
+    expected = hmac.new(secret, f"{t}.{url}.".encode() + body, hashlib.sha256).hexdigest()
+    return hmac.compare_digest(expected, fields.get("v1", ""))
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -61,8 +79,9 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self):
         raw = self.rfile.read(int(self.headers["Content-Length"]))
         self.server.raw.append(raw)
-        expected = "sha256=" + hmac.new(self.server.secret, raw, hashlib.sha256).hexdigest()
-        if not hmac.compare_digest(expected, self.headers.get(SIGNATURE_HEADER, "")):
+        self.server.requests.append((self.path, dict(self.headers), raw))
+        if not verify_signature(self.server.secret, self.server.base + self.path, raw,
+                                self.headers.get(SIGNATURE_HEADER, "")):
             return self._reply(401, b"bad signature")
         if self.server.script:
             status = self.server.script.pop(0)
@@ -194,3 +213,66 @@ def test_unreachable_receiver_is_a_clear_error(ca):
 def test_non_http_url_is_rejected():
     with pytest.raises(ValueError, match="not an http"):
         WebhookTarget(url="ftp://x/", hmac_secret=SECRET)
+
+
+# --- signed timestamp + URL, no key in clear text (issue 11) -------------------------
+
+def test_signature_covers_timestamp_and_url_so_a_captured_request_cannot_be_replayed(receiver, ca_bundle, ca):
+    import time
+
+    import httpx
+
+    make_target(receiver, ca_bundle).deploy(bundle(ca))
+    [(path, headers, raw)] = receiver.requests
+    signature = headers[SIGNATURE_HEADER]
+    secret = SECRET.encode()
+    assert verify_signature(secret, receiver.base + path, raw, signature)
+    t = int(dict(p.split("=", 1) for p in signature.split(","))["t"])
+    assert abs(t - time.time()) < 600
+    # Another URL, a later time, or a forged timestamp: the same bytes no longer verify.
+    assert not verify_signature(secret, receiver.base + "/other-install", raw, signature)
+    assert not verify_signature(secret, receiver.base + path, raw, signature, now=t + 301)
+    forged = signature.replace(f"t={t}", f"t={t + 100}")
+    assert not verify_signature(secret, receiver.base + path, raw, forged)
+    # Replayed over the wire to another URL of the same receiver: refused.
+    with httpx.Client(verify=ssl.create_default_context(cafile=ca_bundle)) as http:
+        answer = http.post(receiver.base + "/other-install", content=raw,
+                           headers={SIGNATURE_HEADER: signature, "Content-Type": "application/json"})
+    assert answer.status_code == 401
+    assert len(receiver.bodies) == 1
+
+
+def test_include_key_over_plain_http_is_refused_and_nothing_is_sent(ca):
+    from http.server import HTTPServer
+
+    hits = []
+
+    class Plain(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_POST(self):
+            hits.append(self.rfile.read(int(self.headers["Content-Length"])))
+            self.send_response(202)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+    server = HTTPServer(("127.0.0.1", 0), Plain)
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/install"
+    try:
+        with pytest.raises(ValueError, match="include_key is true but url is not https"):
+            WebhookTarget(url=url, hmac_secret=SECRET, include_key=True)
+        # A block changed after it was built (or loaded without validation) is refused at deploy.
+        target = WebhookTarget(url=url, hmac_secret=SECRET)
+        object.__setattr__(target, "include_key", True)
+        b = bundle(ca)
+        with pytest.raises(WebhookTargetError, match=r"webhook target 'http://127\.0\.0\.1:\d+/install': include_key .*nothing sent") as err:
+            target.deploy(b)
+        assert b"PRIVATE KEY" not in str(err.value).encode()
+        assert hits == []
+        WebhookTarget(url=url, hmac_secret=SECRET).deploy(b)  # without the key, http is allowed
+        assert len(hits) == 1 and b"PRIVATE KEY" not in hits[0]
+    finally:
+        server.shutdown()
+        server.server_close()

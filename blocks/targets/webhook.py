@@ -4,8 +4,11 @@ For appliances and in-house services that expose "give me my new certificate" as
 The body is JSON ``{certificate, serial, fullchain_pem, not_after, sent_at}`` plus
 ``private_key_pem`` only when ``include_key`` is set (a receiver that generates its own
 key, or only needs the chain, should never get ours). The receiver authenticates us with
-``X-Certfleet-Signature: sha256=<hex HMAC-SHA256 of the exact body bytes>``; ``sent_at``
-is inside the signed body so a receiver can refuse replays. 5xx answers and network
+``X-Certfleet-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256 over "<t>.<url>.<body>">``:
+the timestamp and the exact target URL are signed with the body, so a captured request
+replayed later (outside the receiver's tolerance window) or to another URL fails the
+check. ``include_key`` with an ``http://`` URL is refused, when the block is built and
+again before anything is sent. 5xx answers and network
 errors are retried with backoff; 4xx answers are not (they will not get better).
 
 ``current()``: with ``current_url`` it GETs ``{"serial": ...}`` from the receiver, so a
@@ -31,7 +34,7 @@ from urllib.parse import urlsplit
 
 import httpx
 from prefect.blocks.core import Block
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
 from certfleet.blocks.logs import block_logger
 from certfleet.blocks.targets.file import TargetError
@@ -53,7 +56,7 @@ class WebhookTarget(Block):
     _description = "POSTs the new certificate (and the key only if asked) as signed JSON to an HTTP endpoint."
 
     url: str = Field(description="Endpoint that receives the certificate (POST, JSON); https:// unless on a trusted network")
-    hmac_secret: SecretStr = Field(description="Shared secret; the body's HMAC-SHA256 is sent as 'X-Certfleet-Signature: sha256=<hex>'")
+    hmac_secret: SecretStr = Field(description="Shared secret; 'X-Certfleet-Signature: t=<unix>,v1=<hex HMAC-SHA256 of \"t.url.body\">' is sent with every POST")
     include_key: bool = Field(False, description="Also send private_key_pem; leave off unless the receiver cannot hold its own key")
     ca_bundle: str | None = Field(None, description="PEM file of CAs trusted for the receiver's TLS certificate; empty = system trust store")
     timeout: float = Field(10, gt=0, description="Seconds one HTTP request may take")
@@ -67,6 +70,22 @@ class WebhookTarget(Block):
         if value is not None and urlsplit(value).scheme not in ("http", "https"):
             raise ValueError(f"{value!r} is not an http(s) URL")
         return value
+
+    @model_validator(mode="after")
+    def _no_key_in_clear(self) -> "WebhookTarget":
+        if self._key_over_http():
+            raise ValueError(self._key_over_http())
+        return self
+
+    def _key_over_http(self) -> str | None:
+        if self.include_key and urlsplit(self.url).scheme != "https":
+            return ("include_key is true but url is not https://: a private key is never sent in clear text; "
+                    "use an https:// URL or drop include_key")
+        return None
+
+    def _refuse_key_over_http(self) -> None:
+        if self._key_over_http():
+            raise WebhookTargetError(f"{self._prefix()} {self._key_over_http()}; nothing sent")
 
     def get_client(self) -> httpx.Client:
         """One client per operation; TLS verified against ``ca_bundle`` or the system store."""
@@ -93,8 +112,9 @@ class WebhookTarget(Block):
         return _normal_serial(serial)
 
     def deploy(self, bundle: DeployBundle) -> Receipt:
+        self._refuse_key_over_http()  # again at deploy time: a block may have been changed since it was built
         body = self._body(bundle)
-        headers = {"Content-Type": "application/json", SIGNATURE_HEADER: self._sign(body)}
+        headers = {"Content-Type": "application/json", SIGNATURE_HEADER: self._sign(body, int(time.time()))}
         with self.get_client() as http:
             for attempt in range(1, self.attempts + 1):
                 last = attempt == self.attempts
@@ -126,10 +146,11 @@ class WebhookTarget(Block):
             payload["private_key_pem"] = bundle.key_pem.decode()
         return json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
 
-    def _sign(self, body: bytes) -> str:
-        """The only place the HMAC secret is unwrapped."""
-        digest = hmac.new(self.hmac_secret.get_secret_value().encode(), body, hashlib.sha256).hexdigest()
-        return f"sha256={digest}"
+    def _sign(self, body: bytes, timestamp: int) -> str:
+        """The only place the HMAC secret is unwrapped: ``t=<unix>,v1=<HMAC of "t.url.body">``."""
+        message = f"{timestamp}.{self.url}.".encode() + body
+        digest = hmac.new(self.hmac_secret.get_secret_value().encode(), message, hashlib.sha256).hexdigest()
+        return f"t={timestamp},v1={digest}"
 
     def _send(self, http: httpx.Client, method: str, url: str, body: bytes | None = None,
               headers: dict | None = None, last: bool = True) -> httpx.Response | None:
