@@ -188,3 +188,28 @@ def test_one_chain_serves_import_renewal_and_preflight():
     names = [c.__name__ for c in policy.SHIP_CHECKS]
     for needed in ("_key_matches", "_key_strength", "_validity_window", "_chain_valid", "_covers", "_names_valid"):
         assert needed in names
+
+
+def test_renewal_store_check_refuses_what_the_chain_refuses(tmp_path, local_ca):
+    """Renewal stores nothing the chain refuses: here a CA answer that is not yet valid."""
+    from cryptography import x509
+
+    from certfleet import renewal
+    from certfleet.contracts import Issued
+    from certfleet.inventory import CertificateSpec
+
+    class FutureCA:  # a real local CA that dates its certificates tomorrow
+        def issue(self, request):
+            now = datetime.now(timezone.utc)
+            csr = x509.load_pem_x509_csr(request.csr_pem)
+            chain = local_ca._sign(csr.public_key(), list(request.domains), now + timedelta(days=1),
+                                   now + timedelta(days=91), True)
+            return Issued(fullchain_pem=chain, issuer_name="future")
+
+    spec = CertificateSpec(name="shop", domains=["shop.test"], issuer="future")
+    store = LocalStore(tmp_path / "store")
+    with pytest.raises(renewal.RenewalError) as err:
+        with store.lock("shop"):
+            renewal.issue_version(spec, store, FutureCA(), issuer_name="future", why="test")
+    assert "NOT_YET_VALID" in str(err.value) and "nothing stored" in str(err.value)
+    assert store.versions("shop") == [] and store.current("shop") is None
