@@ -8,6 +8,7 @@ real shell. sshd runs on this machine, so the test reads the results with plain 
 
 from __future__ import annotations
 
+import os
 import stat
 from pathlib import Path
 
@@ -180,3 +181,55 @@ def test_unused_port_is_refused(sshd, tmp_path):
     target = make_target(sshd, tmp_path, port=free_port())
     with pytest.raises(SshTargetError, match="connection refused"):
         target.current()
+
+
+# --- hostile remote filesystem (issue 11) -------------------------------------------------
+
+@pytest.mark.parametrize("planted", ["fullchain.pem", "key.pem", "key.pem.certfleet-previous"])
+def test_symlink_at_a_remote_target_path_is_refused(sshd, tmp_path, ca, planted):
+    target = make_target(sshd, tmp_path)
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"not yours\n")
+    os.chmod(victim, 0o600)
+    link = tmp_path / "tls" / planted
+    link.symlink_to(victim)
+    with pytest.raises(SshTargetError, match=r"\(certificate 'shop'\): (fullchain_path|key_path).* symbolic link on the remote host.*nothing written") as err:
+        target.deploy(bundle(ca))
+    assert ("key_path" if planted.startswith("key") else "fullchain_path") in str(err.value)
+    assert victim.read_bytes() == b"not yours\n" and mode_of(victim) == 0o600
+    assert link.is_symlink()
+    assert sorted(p.name for p in (tmp_path / "tls").iterdir()) == [planted], "something was written"
+
+
+def test_upload_never_leaves_a_file_reachable_by_others(sshd, tmp_path, ca):
+    """Watch the remote directory during deploys: every entry we did not ask for is a 0700 directory."""
+    import threading
+
+    target = make_target(sshd, tmp_path)
+    tls = tmp_path / "tls"
+    final = {"fullchain.pem", "key.pem", "fullchain.pem.certfleet-previous", "key.pem.certfleet-previous"}
+    seen: dict[str, int] = {}
+    stop = threading.Event()
+
+    def watch():
+        while not stop.is_set():
+            for entry in os.scandir(tls):
+                if entry.name not in final:
+                    try:
+                        seen.setdefault(entry.name, os.lstat(entry.path).st_mode)
+                    except FileNotFoundError:
+                        pass
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        for _ in range(5):
+            target.deploy(bundle(ca))
+    finally:
+        stop.set()
+        watcher.join()
+    assert seen, "the watcher never saw a temporary entry"
+    for name, st_mode in seen.items():
+        assert stat.S_ISDIR(st_mode) and stat.S_IMODE(st_mode) == 0o700, f"{name}: {stat.filemode(st_mode)}"
+    assert sorted(p.name for p in tls.iterdir()) == sorted(final), "staging left behind"
+    assert mode_of(tls / "key.pem") == 0o600 and mode_of(tls / "key.pem.certfleet-previous") == 0o600

@@ -18,6 +18,7 @@ import io
 import posixpath
 import secrets
 import socket
+import stat
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -73,12 +74,14 @@ class SshTarget(Block):
     def current(self) -> str | None:
         """Serial of the remote fullchain; ``None`` when absent or not a certificate."""
         with self._connect() as client, client.open_sftp() as sftp:
+            self._refuse_links(sftp)
             data = _read_or_none(sftp, self.fullchain_path)
         return _serial_of(data)
 
     def deploy(self, bundle: DeployBundle) -> Receipt:
         files = [(self.fullchain_path, self.cert_mode, bundle.fullchain_pem), (self.key_path, self.key_mode, bundle.key_pem)]
         with self._connect() as client, client.open_sftp() as sftp:
+            self._refuse_links(sftp, bundle.certificate)
             backups = [self._backup(sftp, path, mode) for path, mode, _ in files]
             try:
                 for path, mode, data in files:
@@ -95,6 +98,7 @@ class SshTarget(Block):
     def rollback(self) -> str | None:
         """Put back the files the last deploy replaced, reload; returns the serial now held."""
         with self._connect() as client, client.open_sftp() as sftp:
+            self._refuse_links(sftp)
             restored = False
             for path, mode in ((self.fullchain_path, self.cert_mode), (self.key_path, self.key_mode)):
                 previous = _read_or_none(sftp, path + BACKUP_SUFFIX)
@@ -157,6 +161,20 @@ class SshTarget(Block):
                 continue
         raise SshTargetError(f"{self._prefix()} {source} is not an unencrypted ed25519, ECDSA or RSA private key")
 
+    def _refuse_links(self, sftp: paramiko.SFTPClient, certificate: str | None = None) -> None:
+        """A symlink at a remote target path or its backup is refused (SFTP lstat), never followed."""
+        of = f" (certificate '{certificate}')" if certificate else ""
+        for field in ("fullchain_path", "key_path"):
+            path = getattr(self, field)
+            for p, what in ((path, field), (path + BACKUP_SUFFIX, f"{field} backup")):
+                try:
+                    st = sftp.lstat(p)
+                except (OSError, paramiko.SSHException):
+                    continue  # absent (or unreachable: the write says so itself)
+                if st.st_mode is not None and stat.S_ISLNK(st.st_mode):
+                    raise SshTargetError(f"{self._prefix()[:-1]}{of}: {what} {p} is a symbolic link on the remote host; "
+                                         "refusing to read, back up or write through it; nothing written")
+
     def _backup(self, sftp: paramiko.SFTPClient, path: str, mode: int) -> tuple[str, bytes | None]:
         """Copy the file being replaced to ``<path>.certfleet-previous``; remember its bytes."""
         data = _read_or_none(sftp, path)
@@ -177,20 +195,38 @@ class SshTarget(Block):
                 self._logger().warning("%s could not restore %s", self._label(), path)
 
     def _put_atomic(self, sftp: paramiko.SFTPClient, path: str, data: bytes, mode: int) -> None:
-        """Temp file beside ``path``, chmod before writing, then posix-rename over ``path``."""
+        """Write in a private staging directory beside ``path``, then posix-rename over it.
+
+        SFTP creates a file with the server's default mode (umask) before any chmod, and
+        a user who opens it in that moment keeps the descriptor after the chmod. So the
+        temp file is created inside a fresh directory made with mode 0700 (checked), where
+        no other user can reach it, chmodded before the first byte, then renamed out over
+        ``path`` (same directory tree, so the rename stays atomic).
+        """
         directory, name = posixpath.split(path)
-        tmp = posixpath.join(directory, f".{name}.{secrets.token_hex(4)}.tmp")
+        staging = posixpath.join(directory, f".certfleet-{secrets.token_hex(6)}")
+        tmp = posixpath.join(staging, name)
+        made = False
         try:
+            sftp.mkdir(staging, mode=0o700)
+            made = True
+            st = sftp.lstat(staging)
+            if not stat.S_ISDIR(st.st_mode) or stat.S_IMODE(st.st_mode) & 0o077:
+                raise SshTargetError(f"{self._prefix()} staging directory {staging} is not private "
+                                     f"(mode {stat.filemode(st.st_mode)}); nothing written")
             with sftp.open(tmp, "wb") as f:
-                f.chmod(mode)  # the file is still empty: no key byte ever sits behind a loose mode
+                f.chmod(mode)  # before the first byte, and the directory keeps everyone else out
                 f.write(data)
             sftp.posix_rename(tmp, path)
         except (OSError, paramiko.SSHException) as exc:
-            try:
-                sftp.remove(tmp)
-            except (OSError, paramiko.SSHException):
-                pass
             raise SshTargetError(f"{self._prefix()} cannot write {path}: {_os_reason(exc)}") from None
+        finally:
+            if made:
+                for cleanup in (lambda: sftp.remove(tmp), lambda: sftp.rmdir(staging)):
+                    try:
+                        cleanup()
+                    except (OSError, paramiko.SSHException):
+                        pass
 
     def _reload(self, client: paramiko.SSHClient) -> None:
         """Run ``reload_command``; a non-zero exit becomes an error with the stderr tail."""
