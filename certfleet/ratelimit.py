@@ -19,27 +19,36 @@ late. "Registered domain" is the public-suffix-aware one (``shop.example.co.uk``
 ``example.co.uk``) from the Public Suffix List bundled in the ``publicsuffixlist``
 wheel: nothing is downloaded at run time.
 
-The ledger is one JSON file per issuer account (e.g. ``<store>/_ledger/<issuer>.json``),
-updated under an exclusive ``flock`` and replaced atomically; events older than the
-longest window are dropped on every write. ``now`` is injectable everywhere. No Prefect.
+An order counts against every budget from the moment it is *reserved* until it ends:
+``reserve_order`` checks and records an open reservation in one atomic step, so twenty
+renewals racing for the last slot of a domain get one slot between them, not twenty.
+The reservation becomes an issued certificate (``record_issued(..., reservation=)``), is
+released when the order fails (``release``), or, abandoned by a worker that died, stops
+counting after ``Limits.reservation_ttl``.
+
+The ledger is one JSON document per issuer account in the storage seam
+(``Keys.ledger(issuer)``, i.e. ``<store>/_ledger/<issuer>.json`` for a local store), so
+every worker shares it. Each change is a read-modify-write with compare-and-set: a
+writer that lost the race reads again and re-checks. Events older than the longest
+window are dropped on every write. ``now`` is injectable everywhere. No Prefect.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import functools
 import ipaddress
 import json
 import math
 import re
-from collections.abc import Iterable, Iterator
+import uuid
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from certfleet.fsutil import atomic_write
+from certfleet.storage import Conflict, LocalStorage, NotFound, Storage, StoreError
 
 LEDGER_VERSION = 1
 
@@ -66,6 +75,9 @@ class Limits:
     failed_validations: Limit = Limit("failed validations per identifier", 5, timedelta(hours=1))
     new_orders: Limit = Limit("new orders per account", 300, timedelta(hours=3))
     emergency_fraction: float = 0.10
+    reservation_ttl: timedelta = timedelta(hours=1)
+    """How long a reserved order counts without ending: then its worker is taken to have
+    died with it (an order that really runs longer than this is not expected)."""
 
     def longest_window(self) -> timedelta:
         return max(
@@ -105,14 +117,29 @@ class _Events:
     issued: list[tuple[datetime, list[str]]] = field(default_factory=list)
     failed: list[tuple[datetime, str]] = field(default_factory=list)
     orders: list[datetime] = field(default_factory=list)
+    open: list[tuple[str, datetime, list[str]]] = field(default_factory=list)  # (id, reserved at, names)
 
 
 class Ledger:
-    """One ACME account's spending, on disk at ``path``."""
+    """One ACME account's spending: a document ``key`` in ``storage``.
 
-    def __init__(self, path: Path | str, limits: Limits | None = None) -> None:
-        self.path = Path(path)
+    ``Ledger(path)`` is the same over a local directory (``path``'s parent).
+    """
+
+    def __init__(self, path: Path | str | None = None, limits: Limits | None = None, *,
+                 storage: Storage | None = None, key: str | None = None) -> None:
+        if storage is None:
+            if path is None:
+                raise ValueError("rate-limit ledger: give a path, or a storage and a key")
+            self.path: Path | None = Path(path)
+            storage, key = LocalStorage(self.path.parent, label="rate-limit ledger"), self.path.name
+        else:
+            self.path = None
+        if not key:
+            raise ValueError("rate-limit ledger: no storage key")
+        self.storage, self.key = storage, key
         self.limits = limits or Limits()
+        self.where = str(self.path) if self.path else f"{getattr(storage, 'label', 'storage')} {key}"
 
     # --- asking -----------------------------------------------------------------------
 
@@ -123,22 +150,45 @@ class Ledger:
         name, certificates per registered domain, certificates per exact name set.
         """
         now = _now(now)
-        with self._locked():
-            events = self._read()
+        events, _ = self._read()
         self._check(events, normalize(names), now, emergency)
 
-    def reserve_order(self, names: Iterable[str], emergency: bool = False, *, now: datetime | None = None) -> None:
-        """``check`` and ``record_order`` in one locked step: what an issuance does first.
+    def reserve_order(self, names: Iterable[str], emergency: bool = False, *, now: datetime | None = None) -> str:
+        """Check and reserve in one atomic step: what an issuance does before its order.
 
-        One lock, one read, one write per order (instead of two of each): twenty
-        renewals at once otherwise queue behind this file.
+        Returns the reservation's id. From now on the order counts as a certificate for
+        ``names`` in every budget, until ``record_issued(..., reservation=id)``,
+        ``release(id)``, or ``reservation_ttl`` (abandoned). The order itself counts
+        against the account's order budget for its window, whatever its end.
         """
-        now = _now(now)
-        with self._locked():
-            events = self._read()
-            self._check(events, normalize(names), now, emergency)
+        now, names = _now(now), normalize(names)
+        rid = uuid.uuid4().hex
+
+        def change(events: _Events) -> None:
+            self._check(events, names, now, emergency)
             events.orders.append(now)
-            self._write(_pruned(events, now - self.limits.longest_window()))
+            events.open.append((rid, now, names))
+
+        self._update(change, now)
+        return rid
+
+    def release(self, reservation: str, *, now: datetime | None = None) -> None:
+        """The reserved order ended without a certificate (failed, refused): free its slot."""
+        self._update(lambda events: _drop_open(events, reservation), _now(now))
+
+    def counted(self, names: Iterable[str], *, now: datetime | None = None) -> int:
+        """Certificates (issued + reserved) counted now against ``names``' registered domain(s), at most."""
+        now, names = _now(now), normalize(names)
+        events, _ = self._read()
+        domains = {registered_domain(n) for n in names}
+        stamps = self._certificates(events, now, lambda issued: bool(domains & {registered_domain(n) for n in issued}))
+        return len([at for at in stamps if at > now - self.limits.certificates_per_domain.window])
+
+    def _certificates(self, events: "_Events", now: datetime, match: Callable[[list[str]], bool]) -> list[datetime]:
+        """Issued certificates and live reservations whose names ``match``."""
+        live = now - self.limits.reservation_ttl
+        return ([at for at, issued in events.issued if match(issued)]
+                + [at for _, at, reserved in events.open if at > live and match(reserved)])
 
     def _check(self, events: "_Events", names: list[str], now: datetime, emergency: bool) -> None:
         lim = self.limits
@@ -147,9 +197,9 @@ class Ledger:
             stamps = [at for at, ident in events.failed if ident == name]
             self._require(lim.failed_validations, repr(name), stamps, now, emergency)
         for domain in sorted({registered_domain(n) for n in names}):
-            stamps = [at for at, issued in events.issued if domain in {registered_domain(n) for n in issued}]
+            stamps = self._certificates(events, now, lambda issued: domain in {registered_domain(n) for n in issued})
             self._require(lim.certificates_per_domain, repr(domain), stamps, now, emergency)
-        stamps = [at for at, issued in events.issued if issued == names]
+        stamps = self._certificates(events, now, lambda issued: issued == names)
         self._require(lim.certificates_per_name_set, f"[{', '.join(names)}]", stamps, now, emergency)
 
     def _require(self, limit: Limit, key: str, stamps: list[datetime], now: datetime, emergency: bool) -> None:
@@ -165,10 +215,19 @@ class Ledger:
 
     # --- recording --------------------------------------------------------------------
 
-    def record_issued(self, names: Iterable[str], *, now: datetime | None = None) -> None:
-        """A certificate for ``names`` was issued (counts per registered domain and per name set)."""
+    def record_issued(self, names: Iterable[str], *, now: datetime | None = None,
+                      reservation: str | None = None) -> None:
+        """A certificate for ``names`` was issued (counts per registered domain and per name set).
+
+        ``reservation``: the order it was reserved by, which stops counting as open."""
         stamp, names = _now(now), normalize(names)
-        self._update(lambda events: events.issued.append((stamp, names)), stamp)
+
+        def change(events: _Events) -> None:
+            if reservation:
+                _drop_open(events, reservation)
+            events.issued.append((stamp, names))
+
+        self._update(change, stamp)
 
     def record_failed_validation(self, identifier: str, *, now: datetime | None = None) -> None:
         """The CA rejected a challenge for ``identifier`` (a wildcard counts for its base name)."""
@@ -181,58 +240,59 @@ class Ledger:
         self._update(lambda events: events.orders.append(stamp), stamp)
 
     def _update(self, change, now: datetime) -> None:
-        """Read, change, drop what aged out, write — all under the lock."""
-        with self._locked():
-            events = self._read()
+        """Read, change, drop what aged out, write with compare-and-set; again if another writer won."""
+        while True:
+            events, version = self._read()
             change(events)
-            self._write(_pruned(events, now - self.limits.longest_window()))
-
-    # --- file -------------------------------------------------------------------------
-
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        """Exclusive ``flock`` on a sidecar file: the ledger itself is replaced on write."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path.with_name(self.path.name + ".lock"), "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+            data = self._encode(_pruned(events, now - self.limits.longest_window(), now - self.limits.reservation_ttl))
             try:
-                yield
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+                self.storage.put(self.key, data, if_match=version, create_only=version is None)
+                return
+            except Conflict:
+                continue  # someone else wrote meanwhile: look again (and check again)
+            except StoreError as exc:
+                raise LedgerError(f"rate-limit ledger {self.where}: cannot write: {exc}") from None
 
-    def _read(self) -> _Events:
-        """The ledger's events; a missing file is an empty ledger, a corrupt one an error."""
+    # --- document ---------------------------------------------------------------------
+
+    def _read(self) -> tuple[_Events, str | None]:
+        """The ledger's events and version; a missing one is empty, a corrupt one an error."""
         try:
-            data = json.loads(self.path.read_text())
-        except FileNotFoundError:
-            return _Events()
-        except (OSError, ValueError) as exc:
-            raise LedgerError(f"rate-limit ledger {self.path}: unreadable: {exc}") from None
+            item = self.storage.read(self.key)
+        except NotFound:
+            return _Events(), None
+        except StoreError as exc:
+            raise LedgerError(f"rate-limit ledger {self.where}: unreadable: {exc}") from None
+        try:
+            data = json.loads(item.value)
+        except ValueError as exc:
+            raise LedgerError(f"rate-limit ledger {self.where}: unreadable: {exc}") from None
         if not isinstance(data, dict) or data.get("version") != LEDGER_VERSION:
-            raise LedgerError(f"rate-limit ledger {self.path}: not a version {LEDGER_VERSION} ledger")
+            raise LedgerError(f"rate-limit ledger {self.where}: not a version {LEDGER_VERSION} ledger")
         try:
             return _Events(
                 issued=[(_parse(e["at"]), list(e["names"])) for e in data.get("issued", [])],
                 failed=[(_parse(e["at"]), str(e["identifier"])) for e in data.get("failed", [])],
                 orders=[_parse(at) for at in data.get("orders", [])],
-            )
+                open=[(str(e["id"]), _parse(e["at"]), list(e["names"])) for e in data.get("open", [])],
+            ), item.version
         except (KeyError, TypeError, ValueError) as exc:
-            raise LedgerError(f"rate-limit ledger {self.path}: malformed event: {exc}") from None
+            raise LedgerError(f"rate-limit ledger {self.where}: malformed event: {exc}") from None
 
-    def _write(self, events: _Events) -> None:
+    @staticmethod
+    def _encode(events: _Events) -> bytes:
         data: dict[str, Any] = {
             "version": LEDGER_VERSION,
             "issued": [{"at": at.isoformat(), "names": names} for at, names in events.issued],
             "failed": [{"at": at.isoformat(), "identifier": ident} for at, ident in events.failed],
             "orders": [at.isoformat() for at in events.orders],
+            "open": [{"id": rid, "at": at.isoformat(), "names": names} for rid, at, names in events.open],
         }
-        # No fsync: losing the last event to a power cut can only let one order through
-        # that the CA itself would still refuse; fsyncing every event serialised renewals.
-        atomic_write(self.path, (json.dumps(data, indent=1) + "\n").encode(), mode=0o600, fsync=False)
+        return (json.dumps(data, indent=1) + "\n").encode()
 
 
 class LedgerError(RuntimeError):
-    """The ledger file cannot be read; refusing is safer than assuming an empty budget."""
+    """The ledger cannot be read or written; refusing is safer than assuming an empty budget."""
 
 
 def ledger_path(store_root: Path | str, issuer_name: str) -> Path:
@@ -270,12 +330,18 @@ def _identifier(name: str) -> str:
     return name.strip().rstrip(".").lower().removeprefix("*.")
 
 
-def _pruned(events: _Events, cutoff: datetime) -> _Events:
+def _pruned(events: _Events, cutoff: datetime, abandoned: datetime) -> _Events:
+    """Drop events older than ``cutoff`` and reservations older than ``abandoned``."""
     return _Events(
         issued=[(at, names) for at, names in events.issued if at > cutoff],
         failed=[(at, ident) for at, ident in events.failed if at > cutoff],
         orders=[at for at in events.orders if at > cutoff],
+        open=[(rid, at, names) for rid, at, names in events.open if at > abandoned],
     )
+
+
+def _drop_open(events: _Events, reservation: str) -> None:
+    events.open[:] = [o for o in events.open if o[0] != reservation]
 
 
 def _now(now: datetime | None) -> datetime:

@@ -151,24 +151,28 @@ def issue_version(spec: CertificateSpec, store: LocalStore, issuer: Issuer, *, i
     issuance is recorded. Checks what came back before storing it: the key must match
     and the names must be covered, or nothing is stored and the current version stays.
     """
+    reservation = None
     if ledger is not None:
-        # BudgetExceeded: no order placed. Every attempt counts: over-counting can only refuse early.
-        ledger.reserve_order(spec.domains, emergency=emergency)
-    cur = store.current(spec.name)
-    key_pem = _key_for(spec, store, cur, new_key)
-    key = pki.load_private_key(key_pem)
-    csr = keys.make_csr(key, spec.domains)
-    log.info("certificate '%s': %s; asking issuer '%s' for %s", spec.name, why, issuer_name, ", ".join(spec.domains))
+        # BudgetExceeded: no order placed. From here the order counts in every budget
+        # until it ends (issued, failed: released, or abandoned: it expires).
+        reservation = ledger.reserve_order(spec.domains, emergency=emergency)
     try:
+        cur = store.current(spec.name)
+        key_pem = _key_for(spec, store, cur, new_key)
+        key = pki.load_private_key(key_pem)
+        csr = keys.make_csr(key, spec.domains)
+        log.info("certificate '%s': %s; asking issuer '%s' for %s", spec.name, why, issuer_name, ", ".join(spec.domains))
         issued = issuer.issue(IssuanceRequest(name=spec.name, domains=tuple(spec.domains), csr_pem=csr,
                                               replaces=replaces))
-    except Exception as exc:
-        failed_identifier = getattr(exc, "identifier", None)
-        if ledger is not None and failed_identifier:
-            ledger.record_failed_validation(failed_identifier)
+    except BaseException as exc:
+        if ledger is not None:
+            failed_identifier = getattr(exc, "identifier", None)
+            if failed_identifier:
+                ledger.record_failed_validation(failed_identifier)
+            ledger.release(reservation)
         raise
     if ledger is not None:
-        ledger.record_issued(spec.domains)
+        ledger.record_issued(spec.domains, reservation=reservation)
     # The one "safe to ship?" chain (policy.safe_to_ship), trust aside: the CA's roots
     # need not be on the renewing worker; preflight proves the chain before any write.
     check = policy.safe_to_ship(policy.DistributeInput(

@@ -125,7 +125,7 @@ def test_old_events_are_pruned_from_the_file(ledger):
     ledger.record_issued(["a.example.com"], now=T0)
     ledger.record_order(now=T0 + timedelta(days=8))
     data = json.loads(ledger.path.read_text())
-    assert data == {"version": 1, "issued": [], "failed": [], "orders": ["2026-03-10T09:00:00+00:00"]}
+    assert data == {"version": 1, "issued": [], "failed": [], "orders": ["2026-03-10T09:00:00+00:00"], "open": []}
     assert ledger.path.stat().st_mode & 0o077 == 0
 
 
@@ -172,3 +172,69 @@ def test_reserve_order_checks_and_records_in_one_step(tmp_path):
     ledger.reserve_order(["c.example.com"], emergency=True, now=now)
     with pytest.raises(BudgetExceeded):
         ledger.reserve_order(["d.example.com"], emergency=True, now=now)
+
+
+def test_twenty_concurrent_renewals_keep_the_emergency_reserve(tmp_path):
+    """A domain at 44 of 50 (5 held back): 20 renewals at once get one order between them.
+
+    Each contender has its own ``Ledger`` on the shared storage (as on twenty workers)
+    and keeps its reservation open until all twenty have tried: an order counts from the
+    moment it is reserved, not when its certificate arrives. Before reservations counted,
+    all twenty went ahead and the domain reached 64 of 50.
+    """
+    import threading
+
+    from certfleet.storage import LocalStorage, Keys
+
+    storage = LocalStorage(tmp_path / "store")
+    setup = Ledger(storage=storage, key=Keys.ledger("pebble"))
+    for i in range(44):
+        setup.record_issued([f"host{i}.shop.example.com"], now=T0 - timedelta(days=1))
+    names = ["www.shop.example.com"]
+    tried, granted, refused, seen = threading.Barrier(20), [], [], []
+
+    def renew(i: int) -> None:
+        ledger = Ledger(storage=storage, key=Keys.ledger("pebble"))
+        try:
+            granted.append(ledger.reserve_order([f"r{i}.shop.example.com"], now=T0))
+        except BudgetExceeded as exc:
+            refused.append(exc)
+        seen.append(ledger.counted(names, now=T0))
+        tried.wait(timeout=60)  # every reservation stays open until all twenty have asked
+
+    threads = [threading.Thread(target=renew, args=(i,)) for i in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert len(granted) == 1 and len(refused) == 19, (len(granted), len(refused))
+    assert max(seen) == 45  # never above the non-reserve budget (50 - 5)
+    assert all(e.used == 45 and e.allowed == 45 for e in refused)
+    assert setup.counted(names, now=T0) == 45
+    # the emergency reserve is still whole
+    for _ in range(5):
+        setup.reserve_order(names, emergency=True, now=T0)
+    with pytest.raises(BudgetExceeded, match="50 of 50 used, emergency reserve included"):
+        setup.reserve_order(names, emergency=True, now=T0)
+
+
+def test_a_failed_order_releases_its_reservation_and_an_abandoned_one_expires(tmp_path):
+    limits = Limits(certificates_per_domain=Limit("new certificates per registered domain", 3, timedelta(days=7)))
+    ledger = Ledger(tmp_path / "ledger.json", limits)
+    names = ["a.example.com"]
+    first = ledger.reserve_order(names, now=T0)
+    ledger.reserve_order(["b.example.com"], now=T0)  # abandoned: its worker died
+    with pytest.raises(BudgetExceeded, match="2 of 2 used"):
+        ledger.reserve_order(["c.example.com"], now=T0)
+    ledger.release(first, now=T0 + timedelta(minutes=1))  # the order failed
+    third = ledger.reserve_order(["c.example.com"], now=T0 + timedelta(minutes=1))
+    ledger.record_issued(["c.example.com"], reservation=third, now=T0 + timedelta(minutes=2))
+    assert ledger.counted(names, now=T0 + timedelta(minutes=2)) == 2  # issued c + open b
+    with pytest.raises(BudgetExceeded):
+        ledger.reserve_order(["d.example.com"], now=T0 + timedelta(minutes=30))
+    # b's reservation is abandoned after reservation_ttl (1 h): its slot is free again
+    later = T0 + limits.reservation_ttl + timedelta(seconds=1)
+    ledger.reserve_order(["d.example.com"], now=later)
+    data = json.loads(ledger.path.read_text())
+    assert [o["names"] for o in data["open"]] == [["d.example.com"]]
+    assert [e["names"] for e in data["issued"]] == [["c.example.com"]]
