@@ -170,6 +170,30 @@ def store(inv: Inventory):
     return _build({"s3": S3Store, "secrets-manager": SecretsManagerStore}, "store", spec.kind, cfg, inv)
 
 
+def storage(inv: Inventory):
+    """The inventory's ``Storage`` (``certfleet.storage``): where the state every worker
+    shares lives beside the certificates — rate-limit ledgers, ARI chosen times.
+
+    A local store is a ``LocalStorage`` on its directory. A store block offers its own
+    through ``get_storage()``; until the S3 / Secrets Manager adapters do, that state
+    stays in the inventory's local store path, and a warning says so (one worker only).
+    """
+    from certfleet.storage import LocalStorage
+
+    if inv.store.kind == "local":
+        return LocalStorage(inv.store_path())
+    block = store(inv)
+    get_storage = getattr(block, "get_storage", None)
+    if get_storage is None:
+        import logging
+
+        logging.getLogger(__name__).warning(
+            "%s: store.kind %s offers no shared storage yet: rate-limit ledger and ARI times stay in %s "
+            "(not shared between workers)", inv.source, inv.store.kind, inv.store_path())
+        return LocalStorage(inv.store_path())
+    return get_storage()
+
+
 def discovery_source(inv: Inventory, index: int) -> Block:
     return _build(_discovery_kinds(), "discovery", str(index), inv.discovery[index], inv)
 

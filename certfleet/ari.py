@@ -137,28 +137,49 @@ def fetch_window(directory: Mapping[str, Any], cert: x509.Certificate | bytes | 
 
 
 class ChosenTimes:
-    """A JSON file ``{serial: chosen ISO time}``: the renewal time picked inside a window.
+    """A JSON document ``{serial: chosen ISO time}``: the renewal time picked inside a window.
 
     ``choose`` returns the stored time while the window still contains it, and picks
     (and stores) a new one only when there is none or the window moved away from it.
     The pick itself is ``policy.renewal_time`` — the one timing function.
+
+    Kept in the storage seam (``ChosenTimes(storage=..., key=Keys.ari(name))``) so every
+    worker sees one choice: a new one is written with compare-and-set, and a worker
+    that lost the race reads the winner's and keeps it. ``ChosenTimes(path)`` is the
+    same over a local file.
     """
 
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
+    def __init__(self, path: str | Path | None = None, *, storage=None, key: str | None = None):
+        from certfleet.storage import LocalStorage
 
-    def _read(self) -> dict[str, str]:
+        if storage is None:
+            if path is None:
+                raise ValueError("ari: give a path, or a storage and a key")
+            path = Path(path)
+            storage, key = LocalStorage(path.parent, label="ari"), path.name
+        if not key:
+            raise ValueError("ari: no storage key")
+        self.storage, self.key = storage, key
+
+    def _read(self) -> tuple[dict[str, str], str | None]:
+        from certfleet.storage import NotFound, StoreError
+
         try:
-            data = json.loads(self.path.read_text())
-        except FileNotFoundError:
-            return {}
-        except (OSError, ValueError) as exc:
-            log.warning("ari: ignoring unreadable %s (%s); choosing afresh", self.path, exc)
-            return {}
-        return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
+            item = self.storage.read(self.key)
+        except NotFound:
+            return {}, None
+        except StoreError as exc:
+            log.warning("ari: ignoring unreadable %s (%s); choosing afresh", self.key, exc)
+            return {}, None
+        try:
+            data = json.loads(item.value)
+        except ValueError as exc:
+            log.warning("ari: ignoring unreadable %s (%s); choosing afresh", self.key, exc)
+            return {}, item.version
+        return ({str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}), item.version
 
-    def get(self, serial: str) -> datetime | None:
-        raw = self._read().get(serial)
+    @staticmethod
+    def _parse(raw: str | None) -> datetime | None:
         if raw is None:
             return None
         try:
@@ -166,17 +187,28 @@ class ChosenTimes:
         except ValueError:
             return None
 
+    def get(self, serial: str) -> datetime | None:
+        return self._parse(self._read()[0].get(serial))
+
     def choose(self, serial: str, window: policy.AriWindow, rng: random.Random | None = None) -> datetime:
         """The renewal time for ``serial`` in ``window``: kept if still inside, else re-picked."""
-        before = self.get(serial)
-        chosen = policy.renewal_time(None, window, before, rng)  # type: ignore[arg-type]  # info unused with a window
-        if chosen != before:
-            data = self._read()
+        from certfleet.storage import Conflict
+
+        while True:
+            data, version = self._read()
+            before = self._parse(data.get(serial))
+            chosen = policy.renewal_time(None, window, before, rng)  # type: ignore[arg-type]  # info unused with a window
+            if chosen == before:
+                return chosen
             data.pop(serial, None)
             data[serial] = chosen.isoformat()  # newest last; the oldest fall off
             data = dict(list(data.items())[-KEEP_CHOICES:])
-            atomic_write(self.path, (json.dumps(data, indent=2) + "\n").encode())
+            try:
+                self.storage.put(self.key, (json.dumps(data, indent=2) + "\n").encode(),
+                                 if_match=version, create_only=version is None)
+            except Conflict:
+                continue  # another worker chose meanwhile: read its choice (kept if inside the window)
             log.info("ari: serial %s renews at %s (window %s .. %s)%s", serial, chosen.isoformat(),
                      window.start.isoformat(), window.end.isoformat(),
                      f"; the window moved away from {before.isoformat()}" if before else "")
-        return chosen
+            return chosen

@@ -6,7 +6,7 @@ to do. The issuer only ever sees a CSR; the key goes from here to the store.
 
 With an issuer that offers renewal information (RFC 9773, ``RenewalInfoProvider``) the
 CA's window decides the timing: fetched before the lock, a time picked inside it and
-persisted (``ari-chosen.json`` beside the certificate), and the new order names the
+persisted in the storage seam (``Keys.ari(name)``, shared by every worker), and the new order names the
 certificate it ``replaces``. ARI is advice: any failure to get it falls back to the
 1/3-lifetime rule and never fails the run.
 """
@@ -52,8 +52,6 @@ def decide(spec: CertificateSpec, store: LocalStore, now: datetime | None = None
         ari=ari, chosen=chosen))
 
 
-CHOSEN_FILE = "ari-chosen.json"
-
 
 @dataclass(frozen=True)
 class AriTiming:
@@ -64,13 +62,15 @@ class AriTiming:
     chosen: datetime | None = None
 
 
-def chosen_path(store_root: str | Path, name: str) -> Path:
-    """Where the chosen renewal times of certificate ``name`` are kept."""
-    return Path(store_root) / name / CHOSEN_FILE
+def chosen_times(storage, name: str) -> ari.ChosenTimes:
+    """Where the chosen renewal times of certificate ``name`` are kept: ``Keys.ari(name)`` in ``storage``."""
+    from certfleet.storage import Keys
+
+    return ari.ChosenTimes(storage=storage, key=Keys.ari(name))
 
 
 def ari_timing(spec: CertificateSpec, store: LocalStore, issuer: Issuer,
-               chosen_at: Path | None) -> AriTiming | None:
+               chosen_at: "ari.ChosenTimes | Path | None") -> AriTiming | None:
     """Ask the issuer for the current version's window and pick/persist a time in it.
 
     ``None`` when there is nothing stored yet. Any failure (CA down, no AKI, a garbled
@@ -90,7 +90,8 @@ def ari_timing(spec: CertificateSpec, store: LocalStore, issuer: Issuer,
         if end <= start:
             raise ari.AriError(f"window ends ({end.isoformat()}) before it starts ({start.isoformat()})")
         window = policy.AriWindow(start, end)
-        chosen = ari.ChosenTimes(chosen_at).choose(cur.serial, window) if chosen_at else None
+        times = chosen_at if isinstance(chosen_at, ari.ChosenTimes) else ari.ChosenTimes(chosen_at) if chosen_at else None
+        chosen = times.choose(cur.serial, window) if times else None
     except Exception as exc:  # noqa: BLE001 - ARI is advice; never fail a renewal for it
         log.warning("certificate '%s': no renewal information for serial %s (%s); using the 1/3-lifetime rule",
                     spec.name, cur.serial, exc)
@@ -102,14 +103,16 @@ def ari_timing(spec: CertificateSpec, store: LocalStore, issuer: Issuer,
 
 def renew(spec: CertificateSpec, store: LocalStore, issuer: Issuer, *, issuer_name: str,
           force: bool = False, lock_timeout: float = 600.0, ledger=None,
-          chosen_at: Path | None = None) -> RenewalOutcome:
+          chosen_at: "ari.ChosenTimes | Path | None" = None) -> RenewalOutcome:
     """Issue a new version of ``spec`` if (and only if) it is needed, under the lock.
 
-    ``chosen_at`` is the file the ARI choice is kept in; by default ``ari-chosen.json``
-    in the certificate's directory of a local store (none for other stores).
+    ``chosen_at`` keeps the ARI choice (``chosen_times(storage, name)``); by default
+    ``Keys.ari(name)`` in a local store's directory (none for other stores).
     """
     if chosen_at is None and isinstance(getattr(store, "root", None), Path):
-        chosen_at = chosen_path(store.root, spec.name)  # type: ignore[attr-defined]
+        from certfleet.storage import LocalStorage
+
+        chosen_at = chosen_times(LocalStorage(store.root), spec.name)  # type: ignore[attr-defined]
     timing = ari_timing(spec, store, issuer, chosen_at)  # network: before the lock
     with store.lock(spec.name, timeout=lock_timeout):
         cur = store.current(spec.name)  # look again: someone may have renewed meanwhile

@@ -67,7 +67,7 @@ def not_permanent(task, task_run, state) -> bool:
 
 
 def ledger_for(inv: inventory.Inventory, issuer_name: str):
-    """The rate-limit ledger of one issuer (ACME only), kept beside the inventory's store.
+    """The rate-limit ledger of one issuer (ACME only), in the inventory's storage (shared by every worker).
 
     Budgets default to Let's Encrypt's published limits; an issuer's ``rate_limits``
     (e.g. ``{certificates_per_domain: 20}``) overrides counts per limit.
@@ -87,4 +87,7 @@ def ledger_for(inv: inventory.Inventory, issuer_name: str):
             limits = replace(limits, **{field_name: replace(getattr(limits, field_name), count=int(count))})
         else:
             raise inventory.InventoryError([f"{inv.source}: issuers.{issuer_name}.rate_limits.{field_name}: unknown limit"])
-    return ratelimit.Ledger(ratelimit.ledger_path(inv.store_path(), issuer_name), limits)
+    from certfleet.blocks import registry
+    from certfleet.storage import Keys
+
+    return ratelimit.Ledger(storage=registry.storage(inv), key=Keys.ledger(issuer_name), limits=limits)

@@ -1,7 +1,7 @@
 """Renewal task: one issuer per certificate, under the store's lock.
 
-The ARI choice (RFC 9773) is kept beside the inventory's local store path whatever the
-store kind: ``<store path>/<name>/ari-chosen.json``.
+The rate-limit ledger and the ARI choice (RFC 9773) live in the inventory's storage
+(``registry.storage``), so every worker shares one of each.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ def renew_certificate(inventory_path: str, name: str, force: bool = False) -> re
     try:
         outcome = renewal.renew(spec, store_for(inv), issuer, issuer_name=spec.issuer, force=force,
                                 ledger=ledger_for(inv, spec.issuer),
-                                chosen_at=renewal.chosen_path(inv.store_path(), name))
+                                chosen_at=renewal.chosen_times(registry.storage(inv), name))
     except Exception as exc:
         renewal.record_attempt(attempt, result="failed", message=str(exc) or type(exc).__name__)
         if isinstance(exc, ratelimit.BudgetExceeded):

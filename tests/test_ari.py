@@ -290,7 +290,7 @@ def test_window_in_the_future_keeps_the_certificate_and_persists_the_choice(tmp_
     assert isinstance(issuer, RenewalInfoProvider)
     out = renewal.renew(SPEC, store, issuer, issuer_name="ca")
     assert (out.issued, out.serial) == (False, cur.serial)
-    chosen_file = tmp_path / "store" / "shop" / "ari-chosen.json"
+    chosen_file = tmp_path / "store" / "_ari" / "shop.json"
     chosen = json.loads(chosen_file.read_text())[cur.serial]
     assert f"renews at {datetime.fromisoformat(chosen):%Y-%m-%d %H:%M}Z" in out.message
     renewal.renew(SPEC, store, issuer, issuer_name="ca")
@@ -307,7 +307,7 @@ def test_window_in_the_past_renews_with_replaces(tmp_path, local_ca):
     assert store.current("shop").serial == out.serial != cur.serial
     replaced = ari.cert_id(store.load_fullchain("shop", cur.serial))
     assert [r.replaces for r in issuer.requests] == [replaced] == issuer.asked
-    assert cur.serial in json.loads((tmp_path / "store" / "shop" / "ari-chosen.json").read_text())
+    assert cur.serial in json.loads((tmp_path / "store" / "_ari" / "shop.json").read_text())
 
 
 def test_ari_failure_falls_back_to_the_lifetime_rule(tmp_path, local_ca, caplog):
@@ -316,7 +316,7 @@ def test_ari_failure_falls_back_to_the_lifetime_rule(tmp_path, local_ca, caplog)
     out = renewal.renew(SPEC, store, issuer, issuer_name="ca")
     assert (out.issued, out.reason) == (False, "OK")
     assert "CA down" in caplog.text and "1/3-lifetime rule" in caplog.text
-    assert not (tmp_path / "store" / "shop" / "ari-chosen.json").exists()
+    assert not (tmp_path / "store" / "_ari" / "shop.json").exists()
 
 
 # -- real Pebble: no ARI, clean fallback ----------------------------------------------
@@ -352,4 +352,4 @@ def test_pebble_without_ari_falls_back_and_issues(pebble, tmp_path, local_ca, is
     assert out.issued and out.reason == "DUE" and out.previous_serial == cur.serial
     assert issuer.requests[0].replaces == ari.cert_id(chain), "asked for, dropped by the client: no ARI"
     assert issued_since() == [out.serial]
-    assert not (tmp_path / "store" / "shop" / "ari-chosen.json").exists()
+    assert not (tmp_path / "store" / "_ari" / "shop.json").exists()

@@ -350,7 +350,8 @@ def test_certificates_lists_versions_renewal_time_and_last_attempt(prefect_harne
     # A second, not-due renewal is recorded as such; a persisted ARI time is what is shown.
     assert main(["renew", "api", "-i", str(inv)]) == 0
     chosen = (info.not_after - timedelta(days=5)).replace(microsecond=0)
-    (tmp_path / "store" / "api" / "ari-chosen.json").write_text(json.dumps({second: chosen.isoformat()}))
+    (tmp_path / "store" / "_ari").mkdir(exist_ok=True)
+    (tmp_path / "store" / "_ari" / "api.json").write_text(json.dumps({second: chosen.isoformat()}))
     capsys.readouterr()
     assert main(["certificates", "api", "-i", str(inv), "--json"]) == 0
     api = json.loads(capsys.readouterr().out)["certificates"][0]

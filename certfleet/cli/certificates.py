@@ -13,7 +13,7 @@ from certfleet.cli.base import EXIT_ATTENTION, EXIT_OK, dump, load_checked
 
 
 def describe(inv, store, spec, now: datetime) -> dict:
-    from certfleet import ari, policy, renewal
+    from certfleet import policy, renewal
 
     versions = store.versions(spec.name)
     cur = store.current(spec.name)
@@ -26,7 +26,9 @@ def describe(inv, store, spec, now: datetime) -> dict:
                      "not_after": v.info.not_after, "days_left": round(v.info.remaining(now) / 86400, 2),
                      "issuer": v.issuer, "stored_at": v.stored_at,
                      "revoked": revoked.get(v.serial)})
-    chosen = ari.ChosenTimes(renewal.chosen_path(inv.store_path(), spec.name)).get(cur.serial) if cur else None
+    from certfleet.blocks import registry
+
+    chosen = renewal.chosen_times(registry.storage(inv), spec.name).get(cur.serial) if cur else None
     check = renewal.decide(spec, store, now=now)
     if cur is None:
         renew_at, why = None, check.message
