@@ -34,7 +34,7 @@ def test_five_concurrent_lifecycles_issue_exactly_once(prefect_harness, fleet, i
     acme = inv["issuers"]["pebble"]
     solver = acme.pop("solver")
     acme.pop("kind")
-    from certfleet.blocks.solvers.challtestsrv import ChallTestSrvSolver
+    from certfleet_dev.challtestsrv import ChallTestSrvSolver
 
     ref, arrived = barrier_issuer(CONTENDERS, BARRIER_TIMEOUT, solver=ChallTestSrvSolver(url=solver["url"]),
                                   account_key_path=str(fleet["inventory"].parent / "account.key"), **acme)
